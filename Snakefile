@@ -1,0 +1,22 @@
+# mamlscope: what does MAML learn, compared with standard training?
+# A table of contents: the config, its validation, then one file of rules per stage.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+# config.yaml is the default experiment; `--configfile other.yaml` replaces it whole
+# (Snakemake would otherwise merge the two and run both experiments' datasets).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

@@ -1,0 +1,37 @@
+# Data: one prepared artifact per dataset, one split (pools and fixed episodes) per seed.
+
+
+rule prepare_dataset:
+    output:
+        images="results/{dataset}/data/images.npy",
+        index="results/{dataset}/data/index.parquet",
+        meta="results/{dataset}/data/meta.json",
+    params:
+        dataset=lambda w: msc.data_section(config["datasets"][w.dataset]),
+        data_root=config["data_root"],
+    log:
+        "results/{dataset}/logs/prepare_dataset.log",
+    benchmark:
+        "results/{dataset}/logs/prepare_dataset.benchmark.tsv"
+    conda:
+        "../envs/mamlscope.yaml"
+    script:
+        "../scripts/prepare_dataset.py"
+
+
+rule split_dataset:
+    input:
+        index="results/{dataset}/data/index.parquet",
+    output:
+        pools="results/{dataset}/split/seed{seed}/pools.parquet",
+        val="results/{dataset}/split/seed{seed}/episodes_val.parquet",
+        test="results/{dataset}/split/seed{seed}/episodes_test.parquet",
+    params:
+        split=lambda w: config["datasets"][w.dataset]["split"],
+        episodes=lambda w: config["datasets"][w.dataset]["episodes"],
+    log:
+        "results/{dataset}/logs/split_dataset_seed{seed}.log",
+    conda:
+        "../envs/mamlscope.yaml"
+    script:
+        "../scripts/split_dataset.py"

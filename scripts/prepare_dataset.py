@@ -1,0 +1,15 @@
+"""Rule prepare_dataset: read one source, write images.npy, index.parquet and meta.json."""
+
+from pathlib import Path
+
+from mamlscope.logs import logged
+from mamlscope.prepared import prepare_dataset
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+with logged(sm.log[0]):
+    prepare_dataset(
+        sm.wildcards.dataset,
+        sm.params.dataset,
+        Path(sm.output.index).parent,
+        data_root=sm.params.data_root,
+    )

@@ -1,0 +1,18 @@
+"""Rule split_dataset: pools by the dataset's protocol and the fixed val/test episodes."""
+
+from pathlib import Path
+
+import pandas as pd
+
+from mamlscope.logs import logged
+from mamlscope.splits import write_split
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+with logged(sm.log[0]):
+    write_split(
+        pd.read_parquet(sm.input.index),
+        sm.params.split,
+        sm.params.episodes,
+        int(sm.wildcards.seed),
+        Path(sm.output.pools).parent,
+    )
