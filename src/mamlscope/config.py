@@ -172,7 +172,8 @@ def _check_split(where: str, ds: dict[str, Any]) -> None:
         for key, value in (("train", train), ("val", val)):
             if not 0 <= value < 1:
                 raise ConfigError(
-                    f"{where}.split.{key}: protocol 'examples' takes a fraction in [0, 1); got {value}"
+                    f"{where}.split.{key}: protocol 'examples' takes a fraction in [0, 1); "
+                    f"got {value}"
                 )
         if not split.get("test_origin") and train + val >= 1:
             raise ConfigError(
