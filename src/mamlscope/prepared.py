@@ -1,0 +1,171 @@
+"""The prepared artifact: one uint8 image array, an index of labels and a meta file.
+
+Reading a source (decoding tens of thousands of images) happens once, in `prepare_dataset`;
+every later job memory-maps the result with `PreparedDataset.load`, which takes milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+import mamlscope
+from mamlscope.errors import ConfigError, DataError
+from mamlscope.io import atomic_path
+from mamlscope.sources import RawDataset, read_source, resolve_config
+
+IMAGES, INDEX, META = "images.npy", "index.parquet", "meta.json"
+COLUMNS = ["example_id", "class_id", "class_name", "base_class", "rotation", "group", "origin"]
+ROTATIONS = (90, 180, 270)
+
+
+def _check_normalize(name: str, cfg: dict[str, Any]) -> None:
+    norm = cfg["normalize"]
+    for key in ("mean", "std"):
+        if len(norm[key]) not in (1, cfg["channels"]):
+            raise ConfigError(
+                f"datasets.{name}.normalize.{key}: {len(norm[key])} values for "
+                f"{cfg['channels']} channel(s); give 1 or {cfg['channels']}"
+            )
+
+
+def build_index(raw: RawDataset, rotations: bool) -> pd.DataFrame:
+    """The index rows: originals first, then one block per rotation in `ROTATIONS` order.
+
+    Base classes get ids 0..B-1 in sorted name order; rotation r (1..3) of base class k gets
+    r * B + k, so ids are deterministic and `base_class` ties every rotation to its origin.
+    """
+    names = sorted(set(raw.class_names))
+    ids = {n: i for i, n in enumerate(names)}
+    base = np.array([ids[n] for n in raw.class_names], dtype=np.int64)
+    blocks = []
+    for r, degrees in enumerate((0, *ROTATIONS) if rotations else (0,)):
+        suffix = f"@rot{degrees}" if degrees else ""
+        blocks.append(
+            pd.DataFrame(
+                {
+                    "class_id": base + r * len(names),
+                    "class_name": [n + suffix for n in raw.class_names],
+                    "base_class": base,
+                    "rotation": np.full(len(base), degrees, dtype=np.int64),
+                    "group": raw.groups,
+                    "origin": raw.origins,
+                }
+            )
+        )
+    index = pd.concat(blocks, ignore_index=True)
+    index.insert(0, "example_id", np.arange(len(index), dtype=np.int64))
+    return index[COLUMNS]
+
+
+def prepare_dataset(
+    name: str,
+    ds_cfg: dict[str, Any],
+    out_dir: str | Path,
+    data_root: str | Path = "data",
+    show_progress: bool = True,
+) -> Path:
+    """Read a source once and write `images.npy`, `index.parquet`, `meta.json` into `out_dir`.
+
+    The folder appears only when all three files are complete (written beside it, renamed).
+    """
+    cfg = resolve_config(ds_cfg)
+    _check_normalize(name, cfg)
+    out_dir = Path(out_dir)
+    raw = read_source(cfg, data_root, show_progress)
+    if len(raw) == 0:
+        raise DataError(f"datasets.{name}: the source gave no images")
+    index = build_index(raw, bool(cfg["rotations"]))
+    n = len(raw)
+    meta = {
+        "name": name,
+        "source": cfg["source"],
+        "image_size": int(raw.images.shape[-1]),
+        "channels": int(raw.images.shape[1]),
+        "normalize": cfg["normalize"],
+        "num_examples": len(index),
+        "num_classes": int(index["class_id"].nunique()),
+        "num_base_classes": int(index["base_class"].nunique()),
+        "mamlscope_version": mamlscope.__version__,
+        "config": cfg,
+    }
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        images = np.lib.format.open_memmap(
+            tmp / IMAGES, mode="w+", dtype=np.uint8, shape=(len(index), *raw.images.shape[1:])
+        )
+        images[:n] = raw.images
+        if cfg["rotations"]:
+            for r in range(1, len(ROTATIONS) + 1):
+                images[r * n : (r + 1) * n] = np.rot90(raw.images, r, axes=(2, 3))
+        images.flush()
+        del images
+        index.to_parquet(tmp / INDEX, index=False)
+        (tmp / META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    return out_dir
+
+
+@dataclass
+class PreparedDataset:
+    """A prepared dataset: memory-mapped uint8 images [N, C, H, W], index and meta."""
+
+    images: np.ndarray
+    index: pd.DataFrame
+    meta: dict[str, Any]
+
+    @classmethod
+    def load(cls, folder: str | Path) -> PreparedDataset:
+        """Open a prepared folder without reading the images into memory; check it fits together."""
+        folder = Path(folder)
+        missing = [f for f in (IMAGES, INDEX, META) if not (folder / f).is_file()]
+        if missing:
+            raise DataError(
+                f"{folder}: not a prepared dataset, missing {missing}; prepare it again"
+            )
+        try:
+            images = np.load(folder / IMAGES, mmap_mode="r", allow_pickle=False)
+            index = pd.read_parquet(folder / INDEX)
+            meta = json.loads((folder / META).read_text())
+        except (OSError, ValueError, EOFError) as exc:
+            raise DataError(
+                f"{folder}: corrupt prepared dataset ({exc}); prepare it again"
+            ) from exc
+        problems = []
+        if images.ndim != 4 or images.dtype != np.uint8:
+            problems.append(f"{IMAGES} is {images.dtype} {images.shape}, not uint8 [N, C, H, W]")
+        if list(index.columns) != COLUMNS:
+            problems.append(f"{INDEX} has columns {list(index.columns)}, expected {COLUMNS}")
+        elif not np.array_equal(index["example_id"].to_numpy(), np.arange(len(index))):
+            problems.append(f"{INDEX} example_id is not 0..N-1 in order")
+        if (
+            not isinstance(meta, dict)
+            or meta.get("num_examples") != len(images)
+            or len(index) != len(images)
+        ):
+            problems.append(f"{len(images)} images, {len(index)} index rows and meta disagree")
+        if problems:
+            raise DataError(f"{folder}: inconsistent prepared dataset: {'; '.join(problems)}")
+        return cls(images, index, meta)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def num_classes(self) -> int:
+        """Classes after rotation augmentation (class_id runs 0..num_classes-1)."""
+        return int(self.meta["num_classes"])
+
+    @property
+    def normalize(self) -> tuple[list[float], list[float]]:
+        """(mean, std) per channel, a single configured value repeated for every channel."""
+        channels = int(self.images.shape[1])
+        norm = self.meta["normalize"]
+        mean, std = [float(x) for x in norm["mean"]], [float(x) for x in norm["std"]]
+        return (mean * channels if len(mean) == 1 else mean), (
+            std * channels if len(std) == 1 else std
+        )
