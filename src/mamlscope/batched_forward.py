@@ -1,0 +1,114 @@
+"""An explicitly task-batched forward pass for the networks of :mod:`mamlscope.models`.
+
+MAML adapts one copy of the parameters per task. Instead of ``vmap`` over tasks, this
+forward takes parameters with a leading task dim ``T`` and computes all tasks in one pass
+with ordinary ops, so plain ``torch.autograd.grad`` (with ``create_graph``) differentiates it:
+
+* ``Linear``: ``torch.baddbmm`` with per-task weights ``[T, out, in]``;
+* ``Conv2d``: one grouped convolution, ``groups=T``, over activations laid out
+  ``[B, T*C, H, W]``, so each task's filters see only that task's channels;
+* ``BatchNorm``: batch statistics per task over that task's own batch (and space), the same
+  :func:`mamlscope.models.batch_norm` the per-task model uses;
+* ``ReLU``, ``MaxPool2d``, ``SpatialMean``, ``Flatten``: channel-wise, on the same layouts.
+
+Two layouts flow between layers: ``"tb"`` = ``[T, B, ...]`` (features, or images before the
+first conv) and ``"bt"`` = ``[B, T*C, H, W]`` (conv activations).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mamlscope.models import BatchNorm, FlattenLinear, SpatialMean, batch_norm
+
+_SUPPORTED = (nn.Linear, nn.Conv2d, BatchNorm, nn.ReLU, nn.MaxPool2d, SpatialMean, nn.Flatten)
+
+
+def unsupported_reason(model: nn.Module) -> str | None:
+    """Why ``model`` cannot use :func:`batched_forward`, or ``None`` when it can."""
+    if not isinstance(model, nn.Sequential):
+        return f"{type(model).__name__} is not an nn.Sequential of layers"
+    for name, layer in model.named_children():
+        if not isinstance(layer, _SUPPORTED):
+            return f"layer {name!r} ({type(layer).__name__}) has no task-batched form"
+        if isinstance(layer, nn.Conv2d) and (layer.groups != 1 or layer.padding_mode != "zeros"):
+            return f"layer {name!r} uses groups or non-zero padding"
+        if isinstance(layer, nn.Flatten) and (layer.start_dim, layer.end_dim) != (1, -1):
+            return f"layer {name!r} flattens dims other than 1..-1"
+    return None
+
+
+def _to_bt(h: torch.Tensor) -> torch.Tensor:
+    """``[T, B, C, H, W] -> [B, T*C, H, W]``."""
+    t, b, c, height, width = h.shape
+    return h.transpose(0, 1).reshape(b, t * c, height, width)
+
+
+def _bt_to_tb(h: torch.Tensor, tasks: int) -> torch.Tensor:
+    """``[B, T*C, H, W] -> [T, B, C*H*W]`` (flatten in C, H, W order like ``nn.Flatten``)."""
+    b, tc, height, width = h.shape
+    h = h.view(b, tasks, tc // tasks, height, width)  # [B, T, C, H, W]
+    return h.transpose(0, 1).reshape(tasks, b, -1)  # [T, B, C*H*W]
+
+
+def batched_forward(
+    model: nn.Sequential, params: dict[str, torch.Tensor], x: torch.Tensor
+) -> torch.Tensor:
+    """Logits ``[T, B, classes]`` of ``x`` ``[T, B, C, H, W]`` under per-task ``params``.
+
+    ``params`` maps ``model.named_parameters()`` names to tensors with a leading task dim
+    (``[T, *shape]``). BatchNorm always uses each task's batch statistics (MAML's policy).
+    """
+    tasks, batch = x.shape[:2]
+    h, layout = x, "tb"
+    for name, layer in model.named_children():
+        if isinstance(layer, nn.Linear):
+            if layout == "bt":
+                h, layout = _bt_to_tb(h, tasks), "tb"
+            elif isinstance(layer, FlattenLinear):
+                h = h.reshape(tasks, batch, -1)  # [T, B, C*H*W]
+            w = params[f"{name}.weight"]  # [T, out, in]
+            if layer.bias is None:
+                h = torch.bmm(h, w.transpose(1, 2))  # [T, B, out]
+            else:
+                bias = params[f"{name}.bias"].unsqueeze(1)  # [T, 1, out]
+                h = torch.baddbmm(bias, h, w.transpose(1, 2))  # [T, B, out]
+        elif isinstance(layer, nn.Conv2d):
+            if layout == "tb":
+                h, layout = _to_bt(h), "bt"
+            w = params[f"{name}.weight"]  # [T, O, C, kh, kw]
+            bias = params[f"{name}.bias"].reshape(-1) if layer.bias is not None else None  # [T*O]
+            h = F.conv2d(
+                h,
+                w.reshape(-1, *w.shape[2:]),  # [T*O, C, kh, kw]
+                bias,
+                stride=layer.stride,
+                padding=layer.padding,
+                dilation=layer.dilation,
+                groups=tasks,
+            )  # [B, T*O, H', W']
+        elif isinstance(layer, BatchNorm):
+            w, b = params[f"{name}.weight"], params[f"{name}.bias"]  # [T, C]
+            if layout == "bt":
+                n, tc, height, width = h.shape
+                h5 = h.view(n, tasks, tc // tasks, height, width)  # [B, T, C, H, W]
+                w5, b5 = w[None, :, :, None, None], b[None, :, :, None, None]  # [1, T, C, 1, 1]
+                h = batch_norm(h5, w5, b5, (0, 3, 4), layer.eps).view(n, tc, height, width)
+            else:
+                h = batch_norm(h, w.unsqueeze(1), b.unsqueeze(1), (1,), layer.eps)  # [T, B, F]
+        elif isinstance(layer, nn.ReLU):
+            h = F.relu(h)
+        elif isinstance(layer, nn.MaxPool2d):
+            h = layer(h)  # [B, T*C, H/2, W/2], channel-wise
+        elif isinstance(layer, SpatialMean):
+            n, tc = h.shape[:2]
+            h = h.mean(dim=(2, 3)).view(n, tasks, tc // tasks).transpose(0, 1)  # [T, B, C]
+            layout = "tb"
+        elif isinstance(layer, nn.Flatten):
+            h = _bt_to_tb(h, tasks) if layout == "bt" else h.reshape(tasks, batch, -1)
+            layout = "tb"
+        else:  # guarded by unsupported_reason
+            raise TypeError(f"layer {name!r} ({type(layer).__name__}) has no task-batched form")
+    return h  # [T, B, classes]

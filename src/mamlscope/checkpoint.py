@@ -1,0 +1,113 @@
+"""Checkpoints that carry everything needed to rebuild and reuse a trained model.
+
+The resolved config, the library version and the model's description travel with the
+weights, so a checkpoint alone says how it was made and how to feed it images.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mamlscope import __version__
+from mamlscope.errors import CheckpointError
+from mamlscope.io import atomic_path
+from mamlscope.models import build_model
+
+FORMAT = "mamlscope-checkpoint/1"
+
+
+@dataclass
+class ModelSpec:
+    """What `build_model` needs to rebuild a network."""
+
+    arch: str
+    in_shape: tuple[int, int, int]  # (C, H, W)
+    num_classes: int
+    hidden: list[int] | None = None
+    filters: int | None = None
+    running_stats: bool = False
+
+    def build(self) -> torch.nn.Module:
+        return build_model(
+            self.arch,
+            self.in_shape,
+            self.num_classes,
+            hidden=self.hidden,
+            filters=self.filters,
+            running_stats=self.running_stats,
+        )
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the rebuilt model and what was saved beside it."""
+
+    model: torch.nn.Module
+    spec: ModelSpec
+    method: str
+    seed: int
+    config: dict[str, Any]
+    version: str
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    model: torch.nn.Module,
+    spec: ModelSpec,
+    *,
+    method: str,
+    seed: int,
+    config: dict[str, Any],
+) -> None:
+    """Write weights, model spec, method, seed, resolved dataset config and version."""
+    payload = {
+        "format": FORMAT,
+        "version": __version__,
+        "spec": vars(spec) | {"in_shape": list(spec.in_shape)},
+        "method": method,
+        "seed": seed,
+        "config": config,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Checkpoint:
+    """Load and rebuild; every way a file can be wrong gets a CheckpointError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated or foreign files
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (truncated or not written by mamlscope): {exc}"
+        ) from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a mamlscope checkpoint (expected format {FORMAT})")
+    raw = dict(payload["spec"])
+    raw["in_shape"] = tuple(raw["in_shape"])
+    spec = ModelSpec(**raw)
+    model = spec.build()
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"{path}: weights do not fit a {spec.arch} model {spec.in_shape} -> "
+            f"{spec.num_classes} classes (another architecture?): {exc}"
+        ) from exc
+    model.to(device).eval()
+    return Checkpoint(
+        model=model,
+        spec=spec,
+        method=payload["method"],
+        seed=int(payload["seed"]),
+        config=payload["config"],
+        version=payload["version"],
+    )

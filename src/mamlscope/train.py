@@ -1,0 +1,294 @@
+"""Training: the standard baseline and MAML's three flavours, on one dataset and seed.
+
+Both loops return the trained model and a metrics table (step, phase, loss, accuracy,
+elapsed seconds); `run_training` ties them to the prepared data, the split and a
+checkpoint so that a Snakemake rule is one call.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from mamlscope.checkpoint import ModelSpec, save_checkpoint
+from mamlscope.errors import ConfigError
+from mamlscope.evaluate import evaluate_maml
+from mamlscope.io import atomic_path
+from mamlscope.maml import meta_step
+from mamlscope.prepared import PreparedDataset
+from mamlscope.tasks import TaskSampler, images_to_tensor, iterate_episodes, normalize_batch
+
+log = logging.getLogger("mamlscope")
+
+METHODS = ("baseline", "maml", "fomaml", "maml-fd")
+MAML_ORDER = {"maml": "second", "fomaml": "first", "maml-fd": "finite-difference"}
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """`auto` is CUDA when present, else CPU; anything else is taken as a torch device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device: '{name}' asked for, but CUDA is not available here")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch and numpy and ask for deterministic kernels, so CPU runs repeat bit for bit."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module
+    spec: ModelSpec
+    metrics: pd.DataFrame
+
+
+class _Metrics:
+    """Rows of (step, phase, loss, accuracy, elapsed_s), timed from construction."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+        self.start = time.perf_counter()
+
+    def add(self, step: int, phase: str, loss: float, accuracy: float) -> None:
+        elapsed = time.perf_counter() - self.start
+        self.rows.append(
+            dict(step=step, phase=phase, loss=loss, accuracy=accuracy, elapsed_s=elapsed)
+        )
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=["step", "phase", "loss", "accuracy", "elapsed_s"])
+
+
+def _model_spec(
+    ds_cfg: dict[str, Any], in_shape: tuple[int, int, int], classes: int, running_stats: bool
+) -> ModelSpec:
+    model_cfg = ds_cfg["model"]
+    return ModelSpec(
+        arch=model_cfg["arch"],
+        in_shape=in_shape,
+        num_classes=classes,
+        hidden=list(model_cfg["hidden"]),
+        filters=model_cfg["filters"],
+        running_stats=running_stats,
+    )
+
+
+def train_baseline(
+    data: PreparedDataset,
+    pools: pd.DataFrame,
+    ds_cfg: dict[str, Any],
+    *,
+    seed: int,
+    device: torch.device,
+    progress: bool = True,
+) -> TrainResult:
+    """Standard supervised training on the meta-train pool (Adam with L2, BatchNorm with
+    running statistics), validated each epoch on held-out images of the same classes."""
+    cfg = ds_cfg["baseline"]
+    seed_everything(seed)
+    index = data.index.set_index("example_id")
+    train_ids = pools.loc[pools["pool"] == "train", "example_id"].to_numpy()
+    classes = np.sort(index.loc[train_ids, "class_id"].unique())
+    remap = {c: i for i, c in enumerate(classes)}  # train classes -> 0..n-1
+    val_ids = pools.loc[pools["pool"] == "val", "example_id"].to_numpy()
+    val_ids = val_ids[np.isin(index.loc[val_ids, "class_id"].to_numpy(), classes)]
+    if val_ids.size == 0:
+        # Disjoint classes (protocol `classes`): hold out 10% of the train images instead.
+        rng = np.random.default_rng(seed)
+        shuffled = rng.permutation(train_ids)
+        cut = max(1, len(shuffled) // 10)
+        val_ids, train_ids = np.sort(shuffled[:cut]), np.sort(shuffled[cut:])
+    mean, std = data.normalize
+    images = images_to_tensor(data.images, device)
+    labels = torch.as_tensor([remap[c] for c in index["class_id"].to_numpy()], device=device)
+
+    spec = _model_spec(ds_cfg, tuple(data.images.shape[1:]), len(classes), running_stats=True)
+    model = spec.build().to(device)
+    optimizer = torch.optim.Adam(
+        model.parameters(),
+        lr=cfg["lr"],
+        betas=tuple(cfg["betas"]),
+        weight_decay=cfg["weight_decay"],
+    )
+    generator = torch.Generator().manual_seed(seed)
+    train_t = torch.as_tensor(train_ids)
+    metrics = _Metrics()
+    steps_per_epoch = -(-len(train_ids) // cfg["batch_size"])
+    bar = tqdm(total=cfg["epochs"] * steps_per_epoch, desc="baseline", disable=not progress)
+    step = 0
+    for epoch in range(cfg["epochs"]):
+        model.train()
+        order = train_t[torch.randperm(len(train_t), generator=generator)].to(device)
+        for batch in order.split(cfg["batch_size"]):
+            x = normalize_batch(images[batch], mean, std)
+            logits = model(x)
+            loss = F.cross_entropy(logits, labels[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            step += 1
+            acc = (logits.argmax(-1) == labels[batch]).float().mean().item()
+            metrics.add(step, "train", loss.item(), acc)
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch + 1)
+        val_loss, val_acc = plain_accuracy(model, images, labels, val_ids, mean, std, device)
+        metrics.add(step, "val", val_loss, val_acc)
+        log.info("epoch %d: val accuracy %.4f", epoch + 1, val_acc)
+    bar.close()
+    return TrainResult(model=model, spec=spec, metrics=metrics.frame())
+
+
+@torch.no_grad()
+def plain_accuracy(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    ids: np.ndarray,
+    mean: list[float],
+    std: list[float],
+    device: torch.device,
+    batch_size: int = 1024,
+) -> tuple[float, float]:
+    """Loss and accuracy of a classifier in eval mode on the given example ids."""
+    model.eval()
+    total_loss, hits = 0.0, 0
+    for batch in torch.as_tensor(ids).to(device).split(batch_size):
+        logits = model(normalize_batch(images[batch], mean, std))
+        total_loss += F.cross_entropy(logits, labels[batch], reduction="sum").item()
+        hits += (logits.argmax(-1) == labels[batch]).sum().item()
+    return total_loss / len(ids), hits / len(ids)
+
+
+def train_maml(
+    data: PreparedDataset,
+    pools: pd.DataFrame,
+    val_episodes: pd.DataFrame,
+    ds_cfg: dict[str, Any],
+    method: str,
+    *,
+    seed: int,
+    device: torch.device,
+    progress: bool = True,
+) -> TrainResult:
+    """Finn et al. (2017) Algorithm 1: Adam on the mean query loss after inner SGD steps,
+    tasks sampled on the fly from the meta-train pool, validated on fixed val episodes."""
+    if method not in MAML_ORDER:
+        raise ConfigError(f"method '{method}' is not a MAML flavour; use one of {list(MAML_ORDER)}")
+    cfg, ep = ds_cfg["maml"], ds_cfg["episodes"]
+    seed_everything(seed)
+    mean, std = data.normalize
+    images = images_to_tensor(data.images, device)
+    train_ids = pools.loc[pools["pool"] == "train", "example_id"].to_numpy()
+    sampler = TaskSampler(
+        images,
+        data.index,
+        train_ids,
+        way=ep["way"],
+        shot=ep["shot"],
+        query=ep["query"],
+        mean=mean,
+        std=std,
+        seed=seed,
+        device=device,
+    )
+    spec = _model_spec(ds_cfg, tuple(data.images.shape[1:]), ep["way"], running_stats=False)
+    model = spec.build().to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["meta_lr"])
+    params = dict(model.named_parameters())
+    metrics = _Metrics()
+    order = MAML_ORDER[method]
+    bar = tqdm(range(1, cfg["meta_steps"] + 1), desc=method, disable=not progress)
+    for step in bar:
+        support_x, support_y, query_x, query_y = sampler.sample(cfg["meta_batch"])
+        result = meta_step(
+            model,
+            support_x,
+            support_y,
+            query_x,
+            query_y,
+            inner_lr=cfg["inner_lr"],
+            inner_steps=cfg["inner_steps"],
+            order=order,
+            fd_epsilon=cfg["fd_epsilon"],
+            strategy=cfg["strategy"],
+        )
+        for name, grad in result.grads.items():
+            params[name].grad = grad
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss, acc = float(result.query_loss), float(result.query_accuracy)
+        metrics.add(step, "train", loss, acc)
+        bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}")
+        if len(val_episodes) and (step % cfg["val_every"] == 0 or step == cfg["meta_steps"]):
+            val = evaluate_maml(
+                model,
+                iterate_episodes(
+                    images,
+                    val_episodes,
+                    way=ep["way"],
+                    shot=ep["shot"],
+                    query=ep["query"],
+                    mean=mean,
+                    std=std,
+                    batch_size=cfg["eval_batch"],
+                    device=device,
+                ),
+                inner_lr=cfg["inner_lr"],
+                inner_steps=cfg["test_inner_steps"],
+            )
+            metrics.add(step, "val", float("nan"), float(val.mean()))
+            log.info("step %d: val accuracy %.4f", step, val.mean())
+    return TrainResult(model=model, spec=spec, metrics=metrics.frame())
+
+
+def run_training(
+    *,
+    data_dir: str | os.PathLike[str],
+    split_dir: str | os.PathLike[str],
+    ds_cfg: dict[str, Any],
+    method: str,
+    seed: int,
+    device: str,
+    checkpoint: str | os.PathLike[str],
+    metrics: str | os.PathLike[str],
+    threads: int | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train one method on one dataset and seed; write the checkpoint and metrics."""
+    if method not in METHODS:
+        raise ConfigError(f"unknown method '{method}'; use one of {list(METHODS)}")
+    if threads:
+        torch.set_num_threads(threads)
+    torch_device = resolve_device(device)
+    data = PreparedDataset.load(data_dir)
+    pools = pd.read_parquet(Path(split_dir) / "pools.parquet")
+    log.info("training %s on %s (seed %d, device %s)", method, data_dir, seed, torch_device)
+    if method == "baseline":
+        result = train_baseline(
+            data, pools, ds_cfg, seed=seed, device=torch_device, progress=progress
+        )
+    else:
+        val = pd.read_parquet(Path(split_dir) / "episodes_val.parquet")
+        result = train_maml(
+            data, pools, val, ds_cfg, method, seed=seed, device=torch_device, progress=progress
+        )
+    save_checkpoint(checkpoint, result.model, result.spec, method=method, seed=seed, config=ds_cfg)
+    with atomic_path(metrics) as tmp:
+        result.metrics.assign(method=method, seed=seed).to_parquet(tmp, index=False)
+    return result

@@ -1,0 +1,167 @@
+"""Networks: layer names, shapes, deterministic init, and the BatchNorm policy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from mamlscope.errors import ConfigError
+from mamlscope.models import (
+    BatchNorm1d,
+    BatchNorm2d,
+    Network,
+    batch_statistics,
+    build_model,
+    layer_names,
+)
+
+
+def test_fc_layer_names_default_widths() -> None:
+    model = build_model("fc", (1, 28, 28), 5)
+    expected = [f"{kind}{i}" for i in range(1, 5) for kind in ("fc", "bn", "relu")] + ["head"]
+    assert model.layer_names() == expected == layer_names(model)
+    assert [model.get_submodule(f"fc{i}").out_features for i in range(1, 5)] == [256, 128, 64, 64]
+    assert model.head.in_features == 64 and model.head.out_features == 5
+
+
+def test_conv4_layer_names_and_finn_shape() -> None:
+    model = build_model("conv4", (1, 28, 28), 5)
+    blocks = [f"{kind}{i}" for i in range(1, 5) for kind in ("conv", "bn", "relu")]
+    assert model.layer_names() == blocks + ["pool", "head"]
+    conv = model.conv1
+    assert (conv.out_channels, conv.kernel_size, conv.stride, conv.padding) == (
+        64,
+        (3, 3),
+        (2, 2),
+        (1, 1),
+    )
+    assert model(torch.randn(3, 1, 28, 28)).shape == (3, 5)
+
+
+def test_conv4_maxpool_layer_names_and_shape() -> None:
+    model = build_model("conv4-maxpool", (3, 84, 84), 5)
+    blocks = [f"{kind}{i}" for i in range(1, 5) for kind in ("conv", "bn", "relu", "pool")]
+    assert model.layer_names() == blocks + ["flatten", "head"]
+    assert model.conv1.out_channels == 32 and model.conv1.stride == (1, 1)
+    assert model.head.in_features == 32 * 5 * 5
+    assert model(torch.randn(2, 3, 84, 84)).shape == (2, 5)
+
+
+def test_running_children_in_order_equals_forward() -> None:
+    """Feature extraction walks named_children(): that must equal forward (fc1 flattens)."""
+    for arch, shape in (("fc", (1, 8, 8)), ("conv4", (1, 14, 14)), ("conv4-maxpool", (1, 16, 16))):
+        model = build_model(arch, shape, 4, hidden=[16] if arch == "fc" else None, filters=4)
+        x = torch.randn(6, *shape)
+        h = x
+        for _, layer in model.named_children():
+            h = layer(h)
+        torch.testing.assert_close(h, model(x), rtol=0, atol=0)
+
+
+def test_forward_hook_on_every_named_layer() -> None:
+    model = build_model("conv4", (1, 14, 14), 3, filters=4)
+    seen: dict[str, tuple[int, ...]] = {}
+    handles = [
+        model.get_submodule(name).register_forward_hook(
+            lambda _m, _i, out, name=name: seen.__setitem__(name, tuple(out.shape))
+        )
+        for name in model.layer_names()
+    ]
+    try:
+        model(torch.randn(2, 1, 14, 14))
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert list(seen) == model.layer_names()
+    assert seen["conv1"] == (2, 4, 7, 7) and seen["pool"] == (2, 4) and seen["head"] == (2, 3)
+
+
+def test_unknown_arch_lists_known_ones() -> None:
+    with pytest.raises(ConfigError, match=r"arch .*'fc'.*'conv4'.*'conv4-maxpool'.*'resnet'"):
+        build_model("resnet", (1, 28, 28), 5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"num_classes": 0}, "num_classes"),
+        ({"hidden": []}, "hidden"),
+        ({"hidden": [8, 0]}, "hidden width"),
+        ({"in_shape": (1, 28)}, "in_shape"),
+    ],
+)
+def test_bad_arguments_name_the_key(kwargs: dict, match: str) -> None:
+    args = {"arch": "fc", "in_shape": (1, 28, 28), "num_classes": 5} | kwargs
+    with pytest.raises(ConfigError, match=match):
+        build_model(args.pop("arch"), args.pop("in_shape"), args.pop("num_classes"), **args)
+
+
+def test_conv4_maxpool_rejects_images_too_small() -> None:
+    with pytest.raises(ConfigError, match="16x16"):
+        build_model("conv4-maxpool", (1, 8, 8), 5)
+
+
+def test_keys_of_other_archs_are_ignored() -> None:
+    """Configs carry hidden and filters together; each arch reads only its own."""
+    torch.manual_seed(0)
+    a = build_model("conv4", (1, 14, 14), 3, filters=4, hidden=[256, 128])
+    torch.manual_seed(0)
+    b = build_model("conv4", (1, 14, 14), 3, filters=4)
+    assert a.layer_names() == b.layer_names()
+    assert build_model("fc", (1, 4, 4), 3, hidden=[8], filters=64).fc1.out_features == 8
+
+
+def test_init_is_deterministic_given_seed() -> None:
+    def weights(seed: int) -> dict[str, torch.Tensor]:
+        torch.manual_seed(seed)
+        return build_model("conv4", (1, 14, 14), 5, filters=8).state_dict()
+
+    a, b, c = weights(3), weights(3), weights(4)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["conv1.weight"], c["conv1.weight"])
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs", "shape"),
+    [(BatchNorm1d, nn.BatchNorm1d, (16, 5)), (BatchNorm2d, nn.BatchNorm2d, (8, 5, 4, 3))],
+)
+def test_batchnorm_matches_torch_in_train_and_eval(ours, theirs, shape) -> None:
+    torch.manual_seed(0)
+    mine, ref = ours(5, track_running_stats=True), theirs(5)
+    with torch.no_grad():
+        for m in (mine, ref):
+            m.weight.copy_(torch.linspace(0.5, 2.0, 5))
+            m.bias.copy_(torch.linspace(-1.0, 1.0, 5))
+    for _ in range(3):  # training: batch statistics, running stats updated
+        x = torch.randn(*shape) * 3 + 1
+        torch.testing.assert_close(mine(x), ref(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mine.running_mean, ref.running_mean)
+    torch.testing.assert_close(mine.running_var, ref.running_var)
+    mine.eval(), ref.eval()
+    x = torch.randn(*shape)
+    torch.testing.assert_close(mine(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
+def test_batchnorm_without_running_stats_uses_batch_stats_in_eval() -> None:
+    bn = BatchNorm2d(3).eval()
+    assert bn.running_mean is None
+    out = bn(torch.randn(10, 3, 4, 4) * 5 + 2)
+    torch.testing.assert_close(out.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        out.var(dim=(0, 2, 3), unbiased=False), torch.ones(3), atol=1e-3, rtol=0
+    )
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_statistics_context_forces_batch_stats_and_writes_no_buffer(training: bool) -> None:
+    model: Network = build_model("conv4", (1, 14, 14), 3, filters=4, running_stats=True)
+    model.train(training)
+    before = {k: v.clone() for k, v in model.named_buffers()}
+    x = torch.randn(6, 1, 14, 14) * 4 + 3
+    with batch_statistics():
+        out = model(x)
+    assert all(torch.equal(before[k], v) for k, v in model.named_buffers())
+    no_stats = build_model("conv4", (1, 14, 14), 3, filters=4, running_stats=False)
+    no_stats.load_state_dict(model.state_dict(), strict=False)
+    torch.testing.assert_close(out, no_stats.eval()(x))
