@@ -24,3 +24,62 @@ def shared_data() -> Path:
             pytest.fail(f"MAMLSCOPE_REQUIRE_SHARED_DATA=1 but {path} does not exist")
         pytest.skip(f"real data not found at {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_digits(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """scikit-learn's 8x8 digits prepared and split once per session (about a second).
+
+    Returns ``data_dir``, ``split_dir`` and ``cfg``: the validated dataset config (5-way
+    1-shot, examples protocol, a [32, 16] fc net, training sized for well under a second).
+    Copy ``cfg`` (``copy.deepcopy``) before changing it: the dict is shared.
+    """
+    import pandas as pd
+
+    from mamlscope.config import data_section, validate_config
+    from mamlscope.prepared import prepare_dataset
+    from mamlscope.splits import write_split
+
+    raw = {
+        "seeds": [0],
+        "datasets": {
+            "digits8": {
+                "source": "digits",
+                "image_size": 8,
+                "split": {"protocol": "examples", "train": 0.6, "val": 0.2},
+                "episodes": {
+                    "way": 5,
+                    "shot": 1,
+                    "query": 5,
+                    "test_episodes": 40,
+                    "val_episodes": 10,
+                },
+                "model": {"arch": "fc", "hidden": [32, 16]},
+                "maml": {
+                    "meta_steps": 40,
+                    "meta_batch": 8,
+                    "val_every": 20,
+                    "meta_lr": 0.01,
+                    "inner_lr": 0.4,
+                    "inner_steps": 1,
+                    "test_inner_steps": 5,
+                    "eval_batch": 50,
+                },
+                "baseline": {
+                    "epochs": 2,
+                    "lr": 0.01,
+                    "batch_size": 64,
+                    "finetune_steps": 30,
+                    "finetune_lr": 0.05,
+                    "finetune_all": False,
+                },
+            }
+        },
+    }
+    cfg = validate_config(raw, check_paths=False)["datasets"]["digits8"]
+    root = tmp_path_factory.mktemp("tiny_digits")
+    data_dir = prepare_dataset("digits8", data_section(cfg), root / "data", show_progress=False)
+    index = pd.read_parquet(data_dir / "index.parquet")
+    split_dir = root / "split" / "seed0"
+    write_split(index, cfg["split"], cfg["episodes"], 0, split_dir)
+    return {"data_dir": data_dir, "split_dir": split_dir, "cfg": cfg}

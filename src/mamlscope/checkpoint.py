@@ -19,6 +19,7 @@ from mamlscope.io import atomic_path
 from mamlscope.models import build_model
 
 FORMAT = "mamlscope-checkpoint/1"
+_ENTRIES = ("version", "spec", "method", "seed", "config", "state_dict")
 
 
 @dataclass
@@ -91,10 +92,19 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
         ) from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a mamlscope checkpoint (expected format {FORMAT})")
-    raw = dict(payload["spec"])
-    raw["in_shape"] = tuple(raw["in_shape"])
-    spec = ModelSpec(**raw)
-    model = spec.build()
+    missing = [key for key in _ENTRIES if key not in payload]
+    if missing:
+        raise CheckpointError(f"{path}: incomplete checkpoint, missing {missing}")
+    try:
+        raw = dict(payload["spec"])
+        raw["in_shape"] = tuple(raw["in_shape"])
+        spec = ModelSpec(**raw)
+        model = spec.build()
+    except (KeyError, TypeError, ValueError) as exc:  # ConfigError is a ValueError
+        raise CheckpointError(
+            f"{path}: its model description cannot be rebuilt "
+            f"(another architecture or version?): {exc}"
+        ) from exc
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:

@@ -35,14 +35,26 @@ def read_episode_table(path: str | os.PathLike[str]) -> pd.DataFrame:
     missing = [c for c in COLUMNS if c not in table.columns]
     if missing:
         raise DataError(f"{path}: missing column(s) {missing}; expected {list(COLUMNS)}")
+    if table.empty:
+        raise DataError(f"{path}: the episode table has no rows")
     roles = set(table["role"].unique()) - {"support", "query"}
     if roles:
         raise DataError(f"{path}: role must be 'support' or 'query', found {sorted(roles)}")
-    images = table["image"].map(lambda p: p if os.path.isabs(p) else str(path.parent / p))
+    labels = pd.to_numeric(table["label"], errors="coerce")
+    bad = table.loc[~(labels.notna() & (labels >= 0) & (labels == labels.round())), "label"]
+    if len(bad):
+        raise DataError(
+            f"{path}: label must be a class index 0..way-1, found {bad.unique()[:5].tolist()}"
+        )
+    if table["image"].isna().any():
+        raise DataError(f"{path}: {int(table['image'].isna().sum())} row(s) without an image path")
+    images = table["image"].map(
+        lambda p: str(p) if os.path.isabs(str(p)) else str(path.parent / str(p))
+    )
     absent = [p for p in images if not os.path.isfile(p)]
     if absent:
         raise DataError(f"{path}: {len(absent)} image(s) not found, e.g. {absent[0]}")
-    return table.assign(image=images)
+    return table.assign(image=images, label=labels.astype(np.int64))
 
 
 def load_image(path: str, *, size: int, channels: int, invert: bool) -> np.ndarray:

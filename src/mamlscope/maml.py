@@ -215,7 +215,7 @@ def meta_step(
     inner_lr: float,
     inner_steps: int,
     order: str,
-    fd_epsilon: float = 1e-2,
+    fd_epsilon: float = 1e-5,
     strategy: str = "auto",
 ) -> MetaStepResult:
     """Meta-gradients of the mean post-adaptation query loss, plus that loss and accuracy.
@@ -254,7 +254,7 @@ def meta_gradients(
     inner_lr: float,
     inner_steps: int,
     order: str,
-    fd_epsilon: float = 1e-2,
+    fd_epsilon: float = 1e-5,
     strategy: str = "auto",
 ) -> dict[str, torch.Tensor]:
     """Only the gradients of :func:`meta_step` (same arguments), by parameter name."""

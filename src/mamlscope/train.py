@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,12 @@ from mamlscope.prepared import PreparedDataset
 from mamlscope.tasks import TaskSampler, images_to_tensor, iterate_episodes, normalize_batch
 
 log = logging.getLogger("mamlscope")
+
+
+def _progress(iterable=None, **kwargs):  # type: ignore[no-untyped-def]
+    """tqdm that refreshes often on a terminal and every 30 s in a log file."""
+    interactive = sys.stderr.isatty()
+    return tqdm(iterable, mininterval=0.1 if interactive else 30, **kwargs)
 
 METHODS = ("baseline", "maml", "fomaml", "maml-fd")
 MAML_ORDER = {"maml": "second", "fomaml": "first", "maml-fd": "finite-difference"}
@@ -130,7 +137,7 @@ def train_baseline(
     train_t = torch.as_tensor(train_ids)
     metrics = _Metrics()
     steps_per_epoch = -(-len(train_ids) // cfg["batch_size"])
-    bar = tqdm(total=cfg["epochs"] * steps_per_epoch, desc="baseline", disable=not progress)
+    bar = _progress(total=cfg["epochs"] * steps_per_epoch, desc="baseline", disable=not progress)
     step = 0
     for epoch in range(cfg["epochs"]):
         model.train()
@@ -213,7 +220,7 @@ def train_maml(
     params = dict(model.named_parameters())
     metrics = _Metrics()
     order = MAML_ORDER[method]
-    bar = tqdm(range(1, cfg["meta_steps"] + 1), desc=method, disable=not progress)
+    bar = _progress(range(1, cfg["meta_steps"] + 1), desc=method, disable=not progress)
     for step in bar:
         support_x, support_y, query_x, query_y = sampler.sample(cfg["meta_batch"])
         result = meta_step(
