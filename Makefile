@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= all
 
-.PHONY: run test lint dry-run clean
+.PHONY: run test dry-run benchmark clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,12 @@ dry-run: $(BIN)/.installed
 test: $(BIN)/.installed
 	$(BIN)/ruff check src tests scripts benchmarks
 	$(BIN)/python -m pytest -q
+
+# The meta-step benchmark against higher and a per-task loop (docs/benchmarks.md).
+benchmark: $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[test,benchmark]'
+	mkdir -p benchmarks/out
+	$(BIN)/python benchmarks/meta_step.py --out benchmarks/out/meta_step.json
 
 clean:
 	rm -rf results .snakemake

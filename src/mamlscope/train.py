@@ -112,7 +112,6 @@ def train_baseline(
     index = data.index.set_index("example_id")
     train_ids = pools.loc[pools["pool"] == "train", "example_id"].to_numpy()
     classes = np.sort(index.loc[train_ids, "class_id"].unique())
-    remap = {c: i for i, c in enumerate(classes)}  # train classes -> 0..n-1
     val_ids = pools.loc[pools["pool"] == "val", "example_id"].to_numpy()
     val_ids = val_ids[np.isin(index.loc[val_ids, "class_id"].to_numpy(), classes)]
     if val_ids.size == 0:
@@ -123,7 +122,10 @@ def train_baseline(
         val_ids, train_ids = np.sort(shuffled[:cut]), np.sort(shuffled[cut:])
     mean, std = data.normalize
     images = images_to_tensor(data.images, device)
-    labels = torch.as_tensor([remap[c] for c in index["class_id"].to_numpy()], device=device)
+    # Classes outside the train pool (protocol `classes`) get -1; they are never batched.
+    lookup = np.full(int(index["class_id"].max()) + 1, -1, dtype=np.int64)
+    lookup[classes] = np.arange(len(classes))
+    labels = torch.as_tensor(lookup[index["class_id"].to_numpy()], device=device)
 
     spec = _model_spec(ds_cfg, tuple(data.images.shape[1:]), len(classes), running_stats=True)
     model = spec.build().to(device)
@@ -134,7 +136,7 @@ def train_baseline(
         weight_decay=cfg["weight_decay"],
     )
     generator = torch.Generator().manual_seed(seed)
-    train_t = torch.as_tensor(train_ids)
+    train_t = torch.from_numpy(np.array(train_ids, dtype=np.int64))
     metrics = _Metrics()
     steps_per_epoch = -(-len(train_ids) // cfg["batch_size"])
     bar = _progress(total=cfg["epochs"] * steps_per_epoch, desc="baseline", disable=not progress)
