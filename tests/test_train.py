@@ -209,3 +209,33 @@ def test_auto_device_is_cpu_without_cuda():
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert resolve_device("auto").type == expected
     assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_baseline_trains_on_disjoint_classes_protocol(tiny_digits, tmp_path):
+    """Protocol `classes`: the baseline's head covers only the meta-train classes, and its
+    validation holds out train images (the val pool's classes are unseen)."""
+    from mamlscope.splits import write_split
+
+    cfg = copy.deepcopy(tiny_digits["cfg"])
+    cfg["split"] = {"protocol": "classes", "train": 6, "val": 2, "keep_groups": False}
+    cfg["episodes"] = {**cfg["episodes"], "way": 2}
+    index = pd.read_parquet(Path(tiny_digits["data_dir"]) / "index.parquet")
+    split_dir = tmp_path / "split"
+    write_split(index, cfg["split"], cfg["episodes"], 0, split_dir)
+    tiny = {**tiny_digits, "split_dir": split_dir}
+    result, checkpoint = train(tiny, tmp_path / "run", "baseline", 0, cfg)
+    assert result.spec.num_classes == 6
+    val = result.metrics[result.metrics["phase"] == "val"]
+    assert len(val) == cfg["baseline"]["epochs"]
+    assert val["accuracy"].iloc[-1] > 0.5  # chance is 1/6
+    row = run_evaluation(
+        checkpoint=checkpoint,
+        data_dir=tiny["data_dir"],
+        split_dir=split_dir,
+        dataset="digits8",
+        device="cpu",
+        summary_json=tmp_path / "e.json",
+        summary_parquet=tmp_path / "e.parquet",
+    )
+    assert np.isnan(row["test_accuracy"])  # test classes were never seen
+    assert row["episodes"] == cfg["episodes"]["test_episodes"]
