@@ -84,3 +84,14 @@ def test_data_rules_run_on_default_config(workdir: Path):
     again = snakemake("-n", "--cores", "2", "--until", "split_dataset", cwd=workdir)
     assert again.returncode == 0
     assert "total        0" in again.stdout + again.stderr
+
+
+@pytest.mark.workflow
+def test_slurm_profile_asks_a_gpu_for_training(workdir: Path):
+    result = snakemake("-n", "--profile", "profiles/slurm", cwd=workdir)
+    assert result.returncode == 0, result.stdout[-3000:]
+    blocks = result.stdout.split("\n\n")
+    train = [b for b in blocks if "rule train:" in b or "localrule train:" in b]
+    prepare = [b for b in blocks if "rule prepare_dataset:" in b]
+    assert train and all("gpu=1" in b for b in train)
+    assert prepare and all("gpu=1" not in b for b in prepare)
