@@ -121,3 +121,9 @@ def test_data_section_ignores_training_keys():
     section = data_section(ds)
     assert "episodes" not in section and "maml" not in section
     assert section["source"] == "mnist5k"
+
+
+def test_seeds_given_as_strings_on_the_command_line_become_integers():
+    assert validate_config({**MINIMAL, "seeds": ["0", "7"]})["seeds"] == [0, 7]
+    with pytest.raises(ConfigError, match="seeds.0"):
+        validate_config({**MINIMAL, "seeds": ["zero"]})

@@ -80,6 +80,10 @@ def validate_config(config: Mapping[str, Any], *, check_paths: bool = True) -> d
     Raises ConfigError naming the first offending key (all schema errors are listed).
     """
     cfg = copy.deepcopy(dict(config))
+    # `snakemake --config seeds=[0,1]` hands over the items as strings.
+    seeds = cfg.get("seeds")
+    if isinstance(seeds, list):
+        cfg["seeds"] = [int(s) if isinstance(s, str) and s.strip().isdigit() else s for s in seeds]
     # Merge the top-level sections into each dataset's before defaults are filled, so a
     # dataset inherits what the top level sets and overrides only what it names.
     datasets = cfg.get("datasets")
