@@ -37,6 +37,7 @@ def _progress(iterable=None, **kwargs):  # type: ignore[no-untyped-def]
     interactive = sys.stderr.isatty()
     return tqdm(iterable, mininterval=0.1 if interactive else 30, **kwargs)
 
+
 METHODS = ("baseline", "maml", "fomaml", "maml-fd")
 MAML_ORDER = {"maml": "second", "fomaml": "first", "maml-fd": "finite-difference"}
 
