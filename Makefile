@@ -21,6 +21,7 @@ dry-run: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/ruff check src tests scripts benchmarks
+	$(BIN)/ruff format --check src tests scripts benchmarks
 	$(BIN)/python -m pytest -q
 
 # The meta-step benchmark against higher and a per-task loop (docs/benchmarks.md).
