@@ -156,7 +156,7 @@ def train_baseline(
             acc = (logits.argmax(-1) == labels[batch]).float().mean().item()
             metrics.add(step, "train", loss.item(), acc)
             bar.update()
-            bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch + 1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch + 1, refresh=False)
         val_loss, val_acc = plain_accuracy(model, images, labels, val_ids, mean, std, device)
         metrics.add(step, "val", val_loss, val_acc)
         log.info("epoch %d: val accuracy %.4f", epoch + 1, val_acc)
@@ -244,7 +244,7 @@ def train_maml(
         optimizer.zero_grad(set_to_none=True)
         loss, acc = float(result.query_loss), float(result.query_accuracy)
         metrics.add(step, "train", loss, acc)
-        bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}")
+        bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", refresh=False)
         if len(val_episodes) and (step % cfg["val_every"] == 0 or step == cfg["meta_steps"]):
             val = evaluate_maml(
                 model,
