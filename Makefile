@@ -24,11 +24,12 @@ test: $(BIN)/.installed
 	$(BIN)/ruff format --check src tests scripts benchmarks
 	$(BIN)/python -m pytest -q
 
-# The meta-step benchmark against higher and a per-task loop (docs/benchmarks.md).
+# The meta-step benchmark against higher and a per-task loop (docs/benchmarks.md);
+# e.g. BENCH_ARGS="--device cpu --settings 5w1s-32t-1step-second" to run part of it.
 benchmark: $(BIN)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[test,benchmark]'
 	mkdir -p benchmarks/out
-	$(BIN)/python benchmarks/meta_step.py --out benchmarks/out/meta_step.json
+	$(BIN)/python benchmarks/meta_step.py $(BENCH_ARGS) --out benchmarks/out/meta_step.json
 
 clean:
 	rm -rf results .snakemake
