@@ -9,6 +9,10 @@ rule prepare_dataset:
     params:
         dataset=lambda w: msc.data_section(config["datasets"][w.dataset]),
         data_root=config["data_root"],
+    resources:
+        # Datasets of one source share a download folder: the profiles allow one
+        # preparation at a time so two jobs never download the same archive at once.
+        download=1,
     log:
         "results/{dataset}/logs/prepare_dataset.log",
     benchmark:

@@ -40,6 +40,8 @@ def test_dry_run_of_default_config(workdir: Path):
     out = result.stdout + result.stderr
     for rule in ("prepare_dataset", "split_dataset"):
         assert rule in out
+    prepare = [b for b in out.split("\n\n") if "rule prepare_dataset:" in b]
+    assert prepare and all("download=1" in b for b in prepare)  # one download at a time
 
 
 @pytest.mark.workflow
