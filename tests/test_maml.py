@@ -285,3 +285,27 @@ def test_finite_difference_on_a_float32_model_matches_exact_and_keeps_the_dtype(
     den = sum(float(exact[k].double().square().sum()) for k in exact)
     assert (num / den) ** 0.5 < 1e-4
     assert next(model.parameters()).dtype == torch.float32  # the model itself is untouched
+
+
+def test_auto_on_cpu_runs_conv_nets_in_chunks_of_tasks_with_the_same_result() -> None:
+    """Six tasks in chunks of four (4 + 2): the mean over tasks is weighted correctly."""
+    from mamlscope.maml import AUTO_CHUNK
+
+    assert AUTO_CHUNK["cpu"]["conv"] == 4
+    model = make_model("conv4")
+    gen = torch.Generator().manual_seed(3)
+    shape = SPECS["conv4"][0]
+    tasks = 6
+    sx = torch.randn(tasks, WAY * SHOT, *shape, generator=gen, dtype=torch.float64)
+    qx = torch.randn(tasks, WAY * QUERY, *shape, generator=gen, dtype=torch.float64)
+    sy = torch.arange(WAY).repeat_interleave(SHOT).repeat(tasks, 1)
+    qy = torch.arange(WAY).repeat_interleave(QUERY).repeat(tasks, 1)
+    for order in ("second", "first"):
+        kw = {"inner_lr": INNER_LR, "inner_steps": 2, "order": order}
+        auto = meta_step(model, sx, sy, qx, qy, strategy="auto", **kw)
+        loop = meta_step(model, sx, sy, qx, qy, strategy="loop", **kw)
+        assert auto.strategy == "batched"
+        for k in loop.grads:
+            torch.testing.assert_close(auto.grads[k], loop.grads[k], rtol=1e-9, atol=1e-12)
+        assert auto.query_loss == pytest.approx(loop.query_loss, rel=1e-9)
+        assert auto.query_accuracy == pytest.approx(loop.query_accuracy, rel=1e-9)
