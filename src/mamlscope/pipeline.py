@@ -19,7 +19,7 @@ from mamlscope.checkpoint import load_checkpoint
 from mamlscope.evaluate import evaluate_checkpoint_on, summarize
 from mamlscope.io import atomic_path
 from mamlscope.prepared import PreparedDataset
-from mamlscope.tasks import images_to_tensor, iterate_episodes
+from mamlscope.tasks import configured_episodes, images_to_tensor
 from mamlscope.train import plain_accuracy, resolve_device
 
 log = logging.getLogger("mamlscope")
@@ -48,17 +48,7 @@ def run_evaluation(
     ep = cfg["episodes"]
     mean, std = data.normalize
     images = images_to_tensor(data.images, torch_device)
-    batches = iterate_episodes(
-        images,
-        episodes,
-        way=ep["way"],
-        shot=ep["shot"],
-        query=ep["query"],
-        mean=mean,
-        std=std,
-        batch_size=cfg["maml"]["eval_batch"],
-        device=torch_device,
-    )
+    batches = configured_episodes(images, episodes, cfg, mean, std, torch_device)
     per_episode = evaluate_checkpoint_on(ckpt, batches, way=ep["way"])
     accuracy = summarize(per_episode)
     row: dict[str, Any] = {

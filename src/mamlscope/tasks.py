@@ -322,3 +322,26 @@ def _batches(
             _gather(images, q_ids[start:end], scale, shift),
             q_lab[start:end],
         )
+
+
+def configured_episodes(
+    images: torch.Tensor,
+    episodes_df: pd.DataFrame,
+    ds_cfg: dict,
+    mean: Stats,
+    std: Stats,
+    device: str | torch.device | None = None,
+) -> Iterator[Batch]:
+    """:func:`iterate_episodes` with way, shot, query and batch size from a dataset's config."""
+    ep = ds_cfg["episodes"]
+    return iterate_episodes(
+        images,
+        episodes_df,
+        way=ep["way"],
+        shot=ep["shot"],
+        query=ep["query"],
+        mean=mean,
+        std=std,
+        batch_size=ds_cfg["maml"]["eval_batch"],
+        device=device,
+    )

@@ -27,7 +27,7 @@ from mamlscope.evaluate import evaluate_maml
 from mamlscope.io import atomic_path
 from mamlscope.maml import meta_step
 from mamlscope.prepared import PreparedDataset
-from mamlscope.tasks import TaskSampler, images_to_tensor, iterate_episodes, normalize_batch
+from mamlscope.tasks import TaskSampler, configured_episodes, images_to_tensor, normalize_batch
 
 log = logging.getLogger("mamlscope")
 
@@ -248,17 +248,7 @@ def train_maml(
         if len(val_episodes) and (step % cfg["val_every"] == 0 or step == cfg["meta_steps"]):
             val = evaluate_maml(
                 model,
-                iterate_episodes(
-                    images,
-                    val_episodes,
-                    way=ep["way"],
-                    shot=ep["shot"],
-                    query=ep["query"],
-                    mean=mean,
-                    std=std,
-                    batch_size=cfg["eval_batch"],
-                    device=device,
-                ),
+                configured_episodes(images, val_episodes, ds_cfg, mean, std, device),
                 inner_lr=cfg["inner_lr"],
                 inner_steps=cfg["test_inner_steps"],
             )
