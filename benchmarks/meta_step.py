@@ -103,6 +103,22 @@ def mamlscope_step(strategy: str):
     return factory
 
 
+def _peer_step(model, opt, accumulate):
+    """step() and grads() for a peer whose accumulate() adds the meta-gradient to .grad."""
+
+    def grads():
+        model.zero_grad(set_to_none=True)
+        accumulate()
+        return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        accumulate()
+        opt.step()
+
+    return step, grads
+
+
 def loop_peer(model, batch, s: Setting):
     """learn2learn style: per task, differentiable SGD steps, then backward of the query loss."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -123,17 +139,7 @@ def loop_peer(model, batch, s: Setting):
                 out = functional_call(model, dict(zip(names, fast, strict=True)), (qx[t],))
                 (F.cross_entropy(out, qy[t]) / sx.shape[0]).backward()
 
-    def grads():
-        model.zero_grad(set_to_none=True)
-        accumulate()
-        return {n: p.grad.clone() for n, p in model.named_parameters()}
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        accumulate()
-        opt.step()
-
-    return step, grads
+    return _peer_step(model, opt, accumulate)
 
 
 def higher_peer(model, batch, s: Setting):
@@ -162,17 +168,7 @@ def higher_peer(model, batch, s: Setting):
                         for p, gi in zip(model.parameters(), g, strict=True):
                             p.grad = gi if p.grad is None else p.grad + gi
 
-    def grads():
-        model.zero_grad(set_to_none=True)
-        accumulate()
-        return {n: p.grad.clone() for n, p in model.named_parameters()}
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        accumulate()
-        opt.step()
-
-    return step, grads
+    return _peer_step(model, opt, accumulate)
 
 
 def graphed_step(model, batch, s: Setting):
