@@ -177,7 +177,7 @@ def graphed_step(model, batch, s: Setting):
     Replays launch the whole step at once, removing Python and launch overhead. Before
     timing, the graph's meta-gradient is compared with an eager one at the same weights.
     """
-    from mamlscope.maml_autograd import batched_meta
+    from mamlscope.maml.strategies import batched_meta
 
     names = [n for n, _ in model.named_parameters()]
     params = [p for _, p in model.named_parameters()]
@@ -187,7 +187,7 @@ def graphed_step(model, batch, s: Setting):
     kw = {"inner_lr": s.inner_lr, "inner_steps": s.steps, "order": s.order, "fd_epsilon": 1e-8}
 
     def body():
-        grads, _, _ = batched_meta(model, *batch, **kw)
+        grads = batched_meta(model, *batch, **kw).grads
         for name, p in zip(names, params, strict=True):
             p.grad.copy_(grads[name])
         opt.step()
@@ -201,7 +201,7 @@ def graphed_step(model, batch, s: Setting):
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         body()
-    eager, _, _ = batched_meta(model, *batch, **kw)
+    eager = batched_meta(model, *batch, **kw).grads
     graph.replay()
     torch.cuda.synchronize()
     num = sum(

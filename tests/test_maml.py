@@ -309,3 +309,68 @@ def test_auto_on_cpu_runs_conv_nets_in_chunks_of_tasks_with_the_same_result() ->
             torch.testing.assert_close(auto.grads[k], loop.grads[k], rtol=1e-9, atol=1e-12)
         assert auto.query_loss == pytest.approx(loop.query_loss, rel=1e-9)
         assert auto.query_accuracy == pytest.approx(loop.query_accuracy, rel=1e-9)
+
+
+def support_normalised_reference(model, params, sx, qx) -> torch.Tensor:
+    """Query logits with every BatchNorm using the support activations' statistics, by hand."""
+    h_s, h_q = sx, qx
+    for name, layer in model.named_children():
+        if isinstance(layer, nn.Module) and name.startswith("bn"):
+            dims = (0, *range(2, h_s.dim()))
+            mean = h_s.mean(dims, keepdim=True)
+            var = h_s.var(dims, unbiased=False, keepdim=True)
+            shape = (1, -1) + (1,) * (h_s.dim() - 2)
+            w, b = params[f"{name}.weight"].view(shape), params[f"{name}.bias"].view(shape)
+            h_s, h_q = ((h - mean) / torch.sqrt(var + layer.eps) * w + b for h in (h_s, h_q))
+            continue
+        sub = {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith(f"{name}.")}
+        h_s, h_q = (functional_call(layer, sub, (h,)) for h in (h_s, h_q))
+    return h_q
+
+
+@pytest.mark.parametrize("strategy", ["vmap", "batched", "loop"])
+@pytest.mark.parametrize("arch", ["fc", "conv4"])
+def test_support_batchnorm_normalises_queries_with_the_support_statistics(
+    arch: str, strategy: str
+) -> None:
+    model, (sx, sy, qx, _) = make_model(arch), make_tasks(arch)
+    logits = adapt_and_predict(
+        model, sx, sy, qx, inner_lr=INNER_LR, inner_steps=2, strategy=strategy,
+        batchnorm="support",
+    )  # fmt: skip
+    for t in range(TASKS):
+        params = {k: p.detach().requires_grad_() for k, p in model.named_parameters()}
+        for _ in range(2):
+            loss = F.cross_entropy(functional_call(model, params, (sx[t],)), sy[t])
+            grads = torch.autograd.grad(loss, list(params.values()))
+            params = {
+                k: (p - INNER_LR * g).detach().requires_grad_()
+                for (k, p), g in zip(params.items(), grads, strict=True)
+            }
+        expected = support_normalised_reference(model, params, sx[t], qx[t])
+        torch.testing.assert_close(logits[t], expected.detach())
+
+
+@pytest.mark.parametrize("strategy", ["vmap", "batched", "loop"])
+def test_support_batchnorm_makes_each_query_independent_of_the_others(strategy: str) -> None:
+    """Transductive BN lets one query change another's logits; with a single query its
+    logits do not even depend on the image. Support statistics remove both effects."""
+    model, (sx, sy, qx, _) = make_model("conv4"), make_tasks("conv4")
+    noisy = qx.clone()
+    noisy[:, 1:] = torch.randn_like(noisy[:, 1:]) * 5  # every query but the first replaced
+    kw = {"inner_lr": INNER_LR, "inner_steps": 2, "strategy": strategy}
+
+    def first_query(q: torch.Tensor, mode: str) -> torch.Tensor:
+        return adapt_and_predict(model, sx, sy, q, batchnorm=mode, **kw)[:, 0]
+
+    assert not torch.allclose(first_query(qx, "transductive"), first_query(noisy, "transductive"))
+    torch.testing.assert_close(first_query(qx, "support"), first_query(noisy, "support"))
+    one, other = qx[:, :1], torch.randn_like(qx[:, :1])
+    torch.testing.assert_close(first_query(one, "transductive"), first_query(other, "transductive"))
+    assert not torch.allclose(first_query(one, "support"), first_query(other, "support"))
+
+
+def test_unknown_batchnorm_mode_is_a_config_error() -> None:
+    model, (sx, sy, qx, _) = make_model("fc"), make_tasks("fc")
+    with pytest.raises(ConfigError, match="batchnorm must be one of"):
+        adapt_and_predict(model, sx, sy, qx, inner_lr=0.1, inner_steps=1, batchnorm="tasknorm")

@@ -16,7 +16,10 @@ fused kernel's double backward; ``tests/test_maml.py`` checks that on every stra
 
 * It uses batch statistics when the module is in training mode, when it tracks no running
   statistics, or inside :func:`batch_statistics` (always used by :mod:`mamlscope.maml`).
-  MAML uses batch statistics during adaptation *and* evaluation, as Finn et al. (2017) did;
+  MAML uses batch statistics during adaptation *and* evaluation, as Finn et al. (2017) did
+  (transductive: the queries of an episode are normalised together); inside
+  :func:`statistics_from_first` the statistics come from the first rows only, which lets
+  evaluation normalise each query with the support set's statistics instead;
   the standard-training baseline builds with ``running_stats=True``, trains in training
   mode and evaluates in eval mode with the running statistics.
 * Running statistics are updated only in training mode, outside :func:`batch_statistics`.
@@ -46,6 +49,10 @@ FILTERS_DEFAULT = {"conv4": 64, "conv4-maxpool": 32}
 _FORCE_BATCH_STATS: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "mamlscope_force_batch_stats", default=False
 )
+# Inside `statistics_from_first(n)`: BatchNorm's batch statistics come from the first n rows.
+_REFERENCE_ROWS: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "mamlscope_reference_rows", default=None
+)
 
 
 @contextlib.contextmanager
@@ -61,19 +68,54 @@ def batch_statistics() -> Iterator[None]:
         _FORCE_BATCH_STATS.reset(token)
 
 
-def batch_norm(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, dims: tuple[int, ...], eps: float
-) -> torch.Tensor:
-    """Normalise ``x`` over ``dims`` with its own statistics, then scale and shift.
+@contextlib.contextmanager
+def statistics_from_first(rows: int) -> Iterator[None]:
+    """Inside this block BatchNorm's batch statistics come from the first ``rows`` examples.
 
-    ``weight``/``bias`` must broadcast against ``x``. The biased variance is used, as
-    ``nn.BatchNorm`` does for normalisation. Shared by :class:`BatchNorm` and the task-batched
-    forward of :mod:`mamlscope.batched_forward`, so both compute the same function.
+    Evaluation without transduction: run ``[support; queries]`` as one batch and every
+    query is normalised with the support set's statistics, so no query's prediction
+    depends on the other queries (Bronskill et al. 2020 discuss why transductive batch
+    statistics flatter few-shot accuracy). Read eagerly in Python, so safe under ``vmap``.
     """
-    mean = x.mean(dim=dims, keepdim=True)  # x with dims reduced to 1
-    centred = x - mean
-    var = (centred * centred).mean(dim=dims, keepdim=True)
-    return centred * torch.rsqrt(var + eps) * weight + bias
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+        raise ValueError(f"rows must be a positive integer, got {rows!r}")
+    token = _REFERENCE_ROWS.set(rows)
+    try:
+        yield
+    finally:
+        _REFERENCE_ROWS.reset(token)
+
+
+def reference_rows() -> int | None:
+    """The row count set by :func:`statistics_from_first`, or ``None`` (all rows)."""
+    return _REFERENCE_ROWS.get()
+
+
+def batch_norm(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    dims: tuple[int, ...],
+    eps: float,
+    reference: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Normalise ``x`` over ``dims`` with batch statistics, then scale and shift.
+
+    The statistics are those of ``reference`` (a slice of ``x`` along the batch dim) when
+    given, else of ``x`` itself. ``weight``/``bias`` must broadcast against ``x``. The
+    biased variance is used, as ``nn.BatchNorm`` does for normalisation. Shared by
+    :class:`BatchNorm` and the task-batched forward of :mod:`mamlscope.maml.batched_forward`,
+    so both compute the same function.
+    """
+    if reference is None:
+        mean = x.mean(dim=dims, keepdim=True)  # x with dims reduced to 1
+        centred = x - mean
+        var = (centred * centred).mean(dim=dims, keepdim=True)
+        return centred * torch.rsqrt(var + eps) * weight + bias
+    mean = reference.mean(dim=dims, keepdim=True)
+    ref_centred = reference - mean
+    var = (ref_centred * ref_centred).mean(dim=dims, keepdim=True)
+    return (x - mean) * torch.rsqrt(var + eps) * weight + bias
 
 
 class BatchNorm(nn.Module):
@@ -121,7 +163,9 @@ class BatchNorm(nn.Module):
         weight, bias = self.weight.view(shape), self.bias.view(shape)  # [1, C, 1, ...]
         forced = _FORCE_BATCH_STATS.get()
         if forced or self.training or self.running_mean is None:
-            out = batch_norm(x, weight, bias, dims, self.eps)
+            rows = _REFERENCE_ROWS.get() if forced else None
+            reference = None if rows is None else x[:rows]  # [rows, C, ...]
+            out = batch_norm(x, weight, bias, dims, self.eps, reference)
             if self.training and not forced and self.running_mean is not None:
                 self._update_running_stats(x, dims)
             return out

@@ -7,7 +7,8 @@ with ordinary ops, so plain ``torch.autograd.grad`` (with ``create_graph``) diff
 * ``Linear``: ``torch.baddbmm`` with per-task weights ``[T, out, in]``;
 * ``Conv2d``: one grouped convolution, ``groups=T``, over activations laid out
   ``[B, T*C, H, W]``, so each task's filters see only that task's channels;
-* ``BatchNorm``: batch statistics per task over that task's own batch (and space), the same
+* ``BatchNorm``: batch statistics per task over that task's own batch (and space), or over
+  its first rows inside :func:`mamlscope.models.statistics_from_first`; the same
   :func:`mamlscope.models.batch_norm` the per-task model uses;
 * ``ReLU``, ``MaxPool2d``, ``SpatialMean``, ``Flatten``: channel-wise, on the same layouts.
 
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mamlscope.models import BatchNorm, FlattenLinear, SpatialMean, batch_norm
+from mamlscope.models import BatchNorm, FlattenLinear, SpatialMean, batch_norm, reference_rows
 
 _SUPPORTED = (nn.Linear, nn.Conv2d, BatchNorm, nn.ReLU, nn.MaxPool2d, SpatialMean, nn.Flatten)
 
@@ -62,6 +63,7 @@ def batched_forward(
     (``[T, *shape]``). BatchNorm always uses each task's batch statistics (MAML's policy).
     """
     tasks, batch = x.shape[:2]
+    rows = reference_rows()  # None: statistics over the whole batch
     h, layout = x, "tb"
     for name, layer in model.named_children():
         if isinstance(layer, nn.Linear):
@@ -95,9 +97,11 @@ def batched_forward(
                 n, tc, height, width = h.shape
                 h5 = h.view(n, tasks, tc // tasks, height, width)  # [B, T, C, H, W]
                 w5, b5 = w[None, :, :, None, None], b[None, :, :, None, None]  # [1, T, C, 1, 1]
-                h = batch_norm(h5, w5, b5, (0, 3, 4), layer.eps).view(n, tc, height, width)
+                ref = None if rows is None else h5[:rows]  # [rows, T, C, H, W]
+                h = batch_norm(h5, w5, b5, (0, 3, 4), layer.eps, ref).view(n, tc, height, width)
             else:
-                h = batch_norm(h, w.unsqueeze(1), b.unsqueeze(1), (1,), layer.eps)  # [T, B, F]
+                ref = None if rows is None else h[:, :rows]  # [T, rows, F]
+                h = batch_norm(h, w.unsqueeze(1), b.unsqueeze(1), (1,), layer.eps, ref)  # [T, B, F]
         elif isinstance(layer, nn.ReLU):
             h = F.relu(h)
         elif isinstance(layer, nn.MaxPool2d):

@@ -66,7 +66,7 @@ def fd_meta_gradient(
 
     Central differences are exact to ``O(r^2)`` only where the loss is smooth: with ReLU or
     max-pool a perturbation that moves a unit across its kink adds an error of order
-    ``1/r`` times the gradient jump; :mod:`mamlscope.maml` gives measured errors.
+    ``1/r`` times the gradient jump; docs/benchmarks.md gives measured errors.
     """
     for theta in reversed(trajectory[:-1]):
         norm = _norm(v, task_dim)  # [] or [T]

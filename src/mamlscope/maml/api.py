@@ -1,0 +1,230 @@
+"""The public entry points: :func:`meta_step`, :func:`meta_gradients`, :func:`adapt_and_predict`.
+
+They check arguments, pick a strategy (:data:`AUTO`), split tasks into chunks where that is
+faster, and run the finite-difference order in float64. The computation itself is one of
+:data:`mamlscope.maml.strategies.STRATEGY_TABLE`.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mamlscope.errors import ConfigError
+from mamlscope.maml.batched_forward import unsupported_reason
+from mamlscope.maml.inner_loop import Params
+from mamlscope.maml.strategies import STRATEGY_TABLE, MetaOutput
+
+ORDERS = ("second", "first", "finite-difference")
+STRATEGIES = ("auto", *STRATEGY_TABLE)
+# How queries are normalised at evaluation (strategies.query_logits): "transductive" is
+# Finn et al.'s protocol, "support" normalises each query with the support set's statistics.
+BATCHNORM_MODES = ("transductive", "support")
+# What "auto" runs, by device type and model kind: the fastest measured (docs/benchmarks.md).
+AUTO = {
+    "cpu": {"conv": "batched", "dense": "batched"},
+    "cuda": {"conv": "batched", "dense": "batched"},  # measured on one H200
+}
+# Tasks per call of the strategy under "auto" (absent: all tasks at once); on 2 CPU cores
+# chunks of 4 were fastest for conv4 (docs/benchmarks.md).
+AUTO_CHUNK = {"cpu": {"conv": 4}}
+
+
+@dataclass(frozen=True)
+class MetaStepResult:
+    """Meta-gradients by parameter name; mean query loss and accuracy after adaptation."""
+
+    grads: dict[str, torch.Tensor]
+    query_loss: float
+    query_accuracy: float
+    strategy: str  # the strategy that ran ("auto" resolved)
+
+
+def _kind(model: nn.Module) -> str:
+    return "conv" if any(isinstance(m, nn.Conv2d) for m in model.modules()) else "dense"
+
+
+def resolve_strategy(strategy: str, model: nn.Module, device: torch.device) -> str:
+    """The strategy that runs: ``"auto"`` becomes :data:`AUTO`'s choice for the device type
+    and model kind (``"conv"`` if it has a ``Conv2d``, else ``"dense"``); ``"vmap"`` replaces
+    ``"batched"`` for a model the batched forward cannot run. Others pass through."""
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"strategy must be one of {list(STRATEGIES)}, got {strategy!r}")
+    reason = unsupported_reason(model)
+    if strategy == "batched" and reason is not None:
+        raise ConfigError(f"strategy 'batched' cannot run this model: {reason}; use 'vmap'")
+    if strategy != "auto":
+        return strategy
+    choice = AUTO.get(device.type, AUTO["cuda"])[_kind(model)]
+    return "vmap" if choice == "batched" and reason is not None else choice
+
+
+def _check_args(
+    support_x: torch.Tensor,
+    support_y: torch.Tensor,
+    query_x: torch.Tensor,
+    query_y: torch.Tensor | None,
+    *,
+    inner_lr: float,
+    inner_steps: int,
+) -> None:
+    if isinstance(inner_steps, bool) or not isinstance(inner_steps, int) or inner_steps < 0:
+        raise ConfigError(f"inner_steps must be an integer >= 0, got {inner_steps!r}")
+    if not math.isfinite(inner_lr) or inner_lr < 0:
+        raise ConfigError(f"inner_lr must be a finite number >= 0, got {inner_lr!r}")
+    if query_y is None:  # prediction: only the query images' task and example dims matter
+        query_y = torch.empty(query_x.shape[:2])
+    for name, x, y in (("support", support_x, support_y), ("query", query_x, query_y)):
+        if x.dim() < 3 or y.dim() != 2 or x.shape[:2] != y.shape:
+            raise ConfigError(
+                f"{name}_x must be [tasks, examples, ...] and {name}_y [tasks, examples]; "
+                f"got {tuple(x.shape)} and {tuple(y.shape)}"
+            )
+    if support_x.shape[0] != query_x.shape[0] or support_x.shape[0] < 1:
+        raise ConfigError(
+            f"support and query need the same tasks >= 1: {support_x.shape[0]}, {query_x.shape[0]}"
+        )
+
+
+def _in_chunks(
+    meta: Callable[..., MetaOutput],
+    chunk: int | None,
+    model: nn.Module,
+    support_x: torch.Tensor,
+    support_y: torch.Tensor,
+    query_x: torch.Tensor,
+    query_y: torch.Tensor,
+) -> MetaOutput:
+    """``meta`` over slices of ``chunk`` tasks, combined into the mean over all tasks."""
+    tasks = support_x.shape[0]
+    if chunk is None or chunk >= tasks:
+        return meta(model, support_x, support_y, query_x, query_y)
+    total: Params = {}
+    loss = accuracy = 0.0
+    for i in range(0, tasks, chunk):
+        j = min(i + chunk, tasks)
+        weight = (j - i) / tasks
+        out = meta(model, support_x[i:j], support_y[i:j], query_x[i:j], query_y[i:j])
+        total = {k: total.get(k, 0) + weight * v for k, v in out.grads.items()}
+        loss, accuracy = loss + weight * out.loss, accuracy + weight * out.accuracy
+    return MetaOutput(total, loss, accuracy)
+
+
+def meta_step(
+    model: nn.Module,
+    support_x: torch.Tensor,
+    support_y: torch.Tensor,
+    query_x: torch.Tensor,
+    query_y: torch.Tensor,
+    *,
+    inner_lr: float,
+    inner_steps: int,
+    order: str,
+    fd_epsilon: float = 1e-8,
+    strategy: str = "auto",
+) -> MetaStepResult:
+    """Meta-gradients of the mean post-adaptation query loss, plus that loss and accuracy.
+
+    ``support_x`` ``[T, N*K, C, H, W]``, ``support_y`` ``[T, N*K]``, ``query_x``
+    ``[T, N*Q, C, H, W]``, ``query_y`` ``[T, N*Q]``. ``grads`` has the names and shapes of
+    ``model.named_parameters()``; apply them with any optimiser (Finn et al.'s line 10 uses
+    Adam). Neither parameters, ``.grad`` nor buffers of ``model`` are changed.
+
+    ``order``: ``"second"`` (exact, through the inner loop), ``"first"`` (first-order MAML)
+    or ``"finite-difference"`` (the exact recursion with Hessian-vector products by central
+    differences of norm ``fd_epsilon``, computed on a float64 copy because a perturbation
+    large enough to resolve in float32 moves ReLUs across their kinks).
+    """
+    if order not in ORDERS:
+        raise ConfigError(f"order must be one of {list(ORDERS)}, got {order!r}")
+    if not math.isfinite(fd_epsilon) or fd_epsilon <= 0:
+        raise ConfigError(f"fd_epsilon must be a finite number > 0, got {fd_epsilon!r}")
+    _check_args(support_x, support_y, query_x, query_y, inner_lr=inner_lr, inner_steps=inner_steps)
+    first = next(model.parameters())
+    chosen = resolve_strategy(strategy, model, first.device)
+    dtype = first.dtype
+    if order == "finite-difference" and dtype != torch.float64:
+        model = copy.deepcopy(model).double()
+        support_x, query_x = support_x.double(), query_x.double()
+    chunk = None
+    if strategy == "auto" and chosen == "batched" and unsupported_reason(model) is None:
+        chunk = AUTO_CHUNK.get(first.device.type, {}).get(_kind(model))
+    meta = functools.partial(
+        STRATEGY_TABLE[chosen].meta,
+        inner_lr=inner_lr,
+        inner_steps=inner_steps,
+        order=order,
+        fd_epsilon=fd_epsilon,
+    )
+    out = _in_chunks(meta, chunk, model, support_x, support_y, query_x, query_y)
+    grads = {k: g.detach().to(dtype) for k, g in out.grads.items()}
+    return MetaStepResult(grads, float(out.loss), float(out.accuracy), chosen)
+
+
+def meta_gradients(
+    model: nn.Module,
+    support_x: torch.Tensor,
+    support_y: torch.Tensor,
+    query_x: torch.Tensor,
+    query_y: torch.Tensor,
+    *,
+    inner_lr: float,
+    inner_steps: int,
+    order: str,
+    fd_epsilon: float = 1e-8,
+    strategy: str = "auto",
+) -> dict[str, torch.Tensor]:
+    """Only the gradients of :func:`meta_step` (same arguments), by parameter name."""
+    return meta_step(
+        model,
+        support_x,
+        support_y,
+        query_x,
+        query_y,
+        inner_lr=inner_lr,
+        inner_steps=inner_steps,
+        order=order,
+        fd_epsilon=fd_epsilon,
+        strategy=strategy,
+    ).grads
+
+
+def adapt_and_predict(
+    model: nn.Module,
+    support_x: torch.Tensor,
+    support_y: torch.Tensor,
+    query_x: torch.Tensor,
+    *,
+    inner_lr: float,
+    inner_steps: int,
+    strategy: str = "vmap",
+    batchnorm: str = "transductive",
+) -> torch.Tensor:
+    """Query logits ``[T, N*Q, classes]`` after adapting on each task's support set.
+
+    Evaluation with the same inner loop as training; the model is not changed and no graph
+    is returned. ``batchnorm`` (:data:`BATCHNORM_MODES`) says how queries are normalised:
+    ``"transductive"`` with the statistics of all queries of the task together (Finn et
+    al.), ``"support"`` with the support set's statistics, so that no query's prediction
+    depends on another query. ``"vmap"`` by default, the fastest or close to it for
+    evaluation's many inner steps (docs/benchmarks.md).
+    """
+    if batchnorm not in BATCHNORM_MODES:
+        raise ConfigError(f"batchnorm must be one of {list(BATCHNORM_MODES)}, got {batchnorm!r}")
+    _check_args(support_x, support_y, query_x, None, inner_lr=inner_lr, inner_steps=inner_steps)
+    chosen = resolve_strategy(strategy, model, next(model.parameters()).device)
+    return STRATEGY_TABLE[chosen].predict(
+        model,
+        support_x,
+        support_y,
+        query_x,
+        inner_lr=inner_lr,
+        inner_steps=inner_steps,
+        batchnorm=batchnorm,
+    )
