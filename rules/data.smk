@@ -3,11 +3,11 @@
 
 rule prepare_dataset:
     output:
-        images="results/{dataset}/data/images.npy",
-        index="results/{dataset}/data/index.parquet",
-        meta="results/{dataset}/data/meta.json",
+        images=f"results/{{dataset}}/data/{IMAGES}",
+        index=f"results/{{dataset}}/data/{INDEX}",
+        meta=f"results/{{dataset}}/data/{META}",
     params:
-        dataset=lambda w: msc.data_section(config["datasets"][w.dataset]),
+        dataset=data_params,
         data_root=config["data_root"],
     resources:
         # Datasets of one source share a download folder: the profiles allow one
@@ -25,14 +25,13 @@ rule prepare_dataset:
 
 rule split_dataset:
     input:
-        index="results/{dataset}/data/index.parquet",
+        index=rules.prepare_dataset.output.index,
     output:
         pools="results/{dataset}/split/seed{seed}/pools.parquet",
         val="results/{dataset}/split/seed{seed}/episodes_val.parquet",
         test="results/{dataset}/split/seed{seed}/episodes_test.parquet",
     params:
-        split=lambda w: config["datasets"][w.dataset]["split"],
-        episodes=lambda w: config["datasets"][w.dataset]["episodes"],
+        split=split_params,
     log:
         "results/{dataset}/logs/split_dataset_seed{seed}.log",
     conda:

@@ -1,25 +1,23 @@
 # Training and evaluation: every method on every dataset and seed, then one run table.
 
 
-def train_resources(wildcards):
-    """One GPU for training when the configured device is CUDA (the SLURM profile asks for it)."""
-    return 1 if config["device"].startswith("cuda") else 0
-
-
 rule train:
     input:
-        data="results/{dataset}/data/index.parquet",
-        pools="results/{dataset}/split/seed{seed}/pools.parquet",
-        val="results/{dataset}/split/seed{seed}/episodes_val.parquet",
+        images=rules.prepare_dataset.output.images,
+        index=rules.prepare_dataset.output.index,
+        meta=rules.prepare_dataset.output.meta,
+        pools=rules.split_dataset.output.pools,
+        # Read by the MAML flavours only (validation); written with the pools.
+        val=rules.split_dataset.output.val,
     output:
         checkpoint="results/{dataset}/{method}/seed{seed}/model.pt",
         metrics="results/{dataset}/{method}/seed{seed}/metrics.parquet",
     params:
-        dataset=dataset_cfg,
+        train=train_params,
         device=config["device"],
     threads: 1
     resources:
-        gpu=train_resources,
+        gpu=gpu_resources,
     log:
         "results/{dataset}/{method}/seed{seed}/train.log",
     benchmark:
@@ -32,19 +30,26 @@ rule train:
 
 rule evaluate:
     input:
-        checkpoint="results/{dataset}/{method}/seed{seed}/model.pt",
-        data="results/{dataset}/data/index.parquet",
-        test="results/{dataset}/split/seed{seed}/episodes_test.parquet",
+        checkpoint=rules.train.output.checkpoint,
+        images=rules.prepare_dataset.output.images,
+        index=rules.prepare_dataset.output.index,
+        meta=rules.prepare_dataset.output.meta,
+        # The baseline's plain test accuracy reads the pools.
+        pools=rules.split_dataset.output.pools,
+        test=rules.split_dataset.output.test,
     output:
         json="results/{dataset}/{method}/seed{seed}/evaluation.json",
         table="results/{dataset}/{method}/seed{seed}/evaluation.parquet",
     params:
+        evaluation=evaluate_params,
         device=config["device"],
     threads: 1
     resources:
-        gpu=train_resources,
+        gpu=gpu_resources,
     log:
         "results/{dataset}/{method}/seed{seed}/evaluate.log",
+    benchmark:
+        "results/{dataset}/{method}/seed{seed}/evaluate.benchmark.tsv"
     conda:
         "../envs/mamlscope.yaml"
     script:
@@ -53,8 +58,8 @@ rule evaluate:
 
 rule summarize_runs:
     input:
-        expand(
-            "results/{dataset}/{method}/seed{seed}/evaluation.parquet",
+        tables=expand(
+            rules.evaluate.output.table,
             dataset=DATASETS,
             method=METHODS,
             seed=SEEDS,

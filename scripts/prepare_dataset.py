@@ -7,6 +7,7 @@ from mamlscope.prepared import prepare_dataset
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 with logged(sm.log[0]):
+    # Writes the folder whole: images, index and meta (names in mamlscope.prepared).
     prepare_dataset(
         sm.wildcards.dataset,
         sm.params.dataset,

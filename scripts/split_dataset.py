@@ -9,10 +9,11 @@ from mamlscope.splits import write_split
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 with logged(sm.log[0]):
+    # write_split writes the seed's folder whole (pools, episodes_val, episodes_test).
     write_split(
         pd.read_parquet(sm.input.index),
-        sm.params.split,
-        sm.params.episodes,
+        sm.params.split["split"],
+        sm.params.split["episodes"],
         int(sm.wildcards.seed),
         Path(sm.output.pools).parent,
     )

@@ -1,8 +1,8 @@
 """Rule summarize_runs: every run's evaluation row -> results/runs.parquet and runs.md."""
 
 from mamlscope.logs import logged
-from mamlscope.pipeline import gather_runs
+from mamlscope.runs import gather_runs
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 with logged(sm.log[0]):
-    gather_runs(list(sm.input), sm.output.table, sm.output.markdown)
+    gather_runs(list(sm.input.tables), sm.output.table, sm.output.markdown)

@@ -31,7 +31,9 @@ def tiny_digits(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """scikit-learn's 8x8 digits prepared and split once per session (about a second).
 
     Returns ``data_dir``, ``split_dir`` and ``cfg``: the validated dataset config (5-way
-    1-shot, examples protocol, a [32, 16] fc net, training sized for well under a second).
+    1-shot, examples protocol, a [32, 16] fc net, training sized for well under a second);
+    and the files: ``images``, ``index``, ``meta``, ``pools``, ``val_episodes``,
+    ``test_episodes``.
     Copy ``cfg`` (``copy.deepcopy``) before changing it: the dict is shared.
     """
     import pandas as pd
@@ -82,4 +84,26 @@ def tiny_digits(tmp_path_factory: pytest.TempPathFactory) -> dict:
     index = pd.read_parquet(data_dir / "index.parquet")
     split_dir = root / "split" / "seed0"
     write_split(index, cfg["split"], cfg["episodes"], 0, split_dir)
-    return {"data_dir": data_dir, "split_dir": split_dir, "cfg": cfg}
+    return {
+        "data_dir": data_dir,
+        "split_dir": split_dir,
+        "cfg": cfg,
+        **prepared_files(data_dir),
+        **split_files(split_dir),
+    }
+
+
+def prepared_files(data_dir: Path) -> dict[str, Path]:
+    """The prepared dataset's files, as `run_training` and `run_evaluation` take them."""
+    from mamlscope.prepared import IMAGES, INDEX, META
+
+    return {"images": data_dir / IMAGES, "index": data_dir / INDEX, "meta": data_dir / META}
+
+
+def split_files(split_dir: Path) -> dict[str, Path]:
+    """A seed's split files (as `splits.write_split` names them)."""
+    return {
+        "pools": split_dir / "pools.parquet",
+        "val_episodes": split_dir / "episodes_val.parquet",
+        "test_episodes": split_dir / "episodes_test.parquet",
+    }

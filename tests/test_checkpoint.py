@@ -93,9 +93,12 @@ def test_method_seed_config_and_version_travel(saved):
 def test_training_writes_a_checkpoint_with_its_resolved_config(tiny_digits, tmp_path):
     cfg = tiny_digits["cfg"]
     result = run_training(
-        data_dir=tiny_digits["data_dir"],
-        split_dir=tiny_digits["split_dir"],
-        ds_cfg=cfg,
+        images=tiny_digits["images"],
+        index=tiny_digits["index"],
+        meta=tiny_digits["meta"],
+        pools=tiny_digits["pools"],
+        val_episodes=tiny_digits["val_episodes"],
+        config=cfg,
         method="fomaml",
         seed=5,
         device="cpu",
@@ -191,3 +194,23 @@ def test_a_checkpoint_missing_an_entry(saved, key):
     del payload[key]
     torch.save(payload, saved)
     check_error(saved, key)
+
+
+def test_empty_file_says_so(saved):
+    saved.write_bytes(b"")
+    check_error(saved, "is empty (0 bytes)")
+
+
+def test_a_directory(tmp_path, saved):
+    (tmp_path / "folder").mkdir()
+    check_error(tmp_path / "folder", "is a directory, not a checkpoint file")
+    check_error(saved.parent, "is a directory", "give the model.pt inside it")
+
+
+def test_require_names_the_missing_config_key(saved):
+    ckpt = load_checkpoint(saved)
+    ckpt.require("episodes.way", "nested.list", "nested.none")  # present, even when None
+    for key in ("maml", "episodes.query", "episodes.way.more"):
+        with pytest.raises(CheckpointError) as info:
+            ckpt.require("episodes.shot", key)
+        assert str(saved) in str(info.value) and f"lacks '{key}'" in str(info.value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -14,7 +15,7 @@ import torch
 from PIL import Image
 
 from mamlscope.cli import main
-from mamlscope.pipeline import run_evaluation
+from mamlscope.evaluate import EvalSettings, run_evaluation
 from mamlscope.prepared import PreparedDataset
 from mamlscope.train import run_training
 
@@ -36,9 +37,12 @@ def checkpoints(tiny_digits, tmp_path_factory) -> dict[str, dict]:
     for method in ("maml", "baseline"):
         folder = tmp_path_factory.mktemp(f"cli-{method}")
         run_training(
-            data_dir=tiny_digits["data_dir"],
-            split_dir=tiny_digits["split_dir"],
-            ds_cfg=tiny_digits["cfg"],
+            images=tiny_digits["images"],
+            index=tiny_digits["index"],
+            meta=tiny_digits["meta"],
+            pools=tiny_digits["pools"],
+            val_episodes=tiny_digits["val_episodes"],
+            config=tiny_digits["cfg"],
             method=method,
             seed=0,
             device="cpu",
@@ -48,8 +52,12 @@ def checkpoints(tiny_digits, tmp_path_factory) -> dict[str, dict]:
         )
         row = run_evaluation(
             checkpoint=folder / "model.pt",
-            data_dir=tiny_digits["data_dir"],
-            split_dir=tiny_digits["split_dir"],
+            images=tiny_digits["images"],
+            index=tiny_digits["index"],
+            meta=tiny_digits["meta"],
+            pools=tiny_digits["pools"],
+            test_episodes=tiny_digits["test_episodes"],
+            settings=EvalSettings.from_config(tiny_digits["cfg"], method),
             dataset="digits8",
             device="cpu",
             summary_json=folder / "evaluation.json",
@@ -275,3 +283,223 @@ def test_an_empty_table(capsys, checkpoints, tables, tmp_path):
     path = edited_table(tables, tmp_path / "empty.csv", lambda t: t.iloc[:0])
     result = evaluate(capsys, checkpoints["maml"]["path"], path)
     assert_one_line_error(*result, str(path), "no rows")
+
+
+# --- episodes checked as strictly as the pipeline checks its own ------------------------------
+
+
+def in_episode(table: pd.DataFrame, episode: int, role: str | None = None, label=None) -> pd.Series:
+    rows = table["episode"] == episode
+    if role is not None:
+        rows &= table["role"] == role
+    if label is not None:
+        rows &= table["label"] == label
+    return rows
+
+
+def _support_misses_label_2(table):
+    table.loc[in_episode(table, 3, "support", 2), "label"] = 0
+    return table
+
+
+def _all_support_labels_0(table):
+    table.loc[table["role"] == "support", "label"] = 0
+    return table
+
+
+def _label_4_becomes_7(table):
+    table.loc[table["label"] == 4, "label"] = 7
+    return table
+
+
+def _no_queries(table):
+    return table[~in_episode(table, 3, "query")]
+
+
+def _no_support(table):
+    return table[~in_episode(table, 3, "support")]
+
+
+def _two_shots_of_label_1(table):
+    return pd.concat([table, table[in_episode(table, 3, "support", 1)]], ignore_index=True)
+
+
+def _fewer_queries_of_label_2(table):
+    return table.drop(table.index[in_episode(table, 3, "query", 2)][:1])
+
+
+def _episode_3_is_3_way(table):
+    return table[~(in_episode(table, 3) & (table["label"] >= 3))]
+
+
+def _blank(column):
+    def edit(table):
+        table[column] = table[column].astype(object)
+        table.loc[table.index[in_episode(table, 3)][0], column] = None
+        return table
+
+    return edit
+
+
+def _episode_name(table):
+    table["episode"] = table["episode"].astype(object)
+    table.loc[in_episode(table, 3), "episode"] = "three"
+    return table
+
+
+BAD_EPISODES = {
+    "support-misses-a-label": (_support_misses_label_2, ["episode 3:", "support", "label 2"]),
+    "support-only-label-0": (_all_support_labels_0, ["episode 0:", "support", "[1, 2, 3, 4]"]),
+    "a-skipped-label": (_label_4_becomes_7, ["episode 0:", "[0, 1, 2, 3, 7]", "[4, 5, 6]"]),
+    "no-queries": (_no_queries, ["episode 3:", "no query rows"]),
+    "no-support": (_no_support, ["episode 3:", "no support rows"]),
+    "unequal-shots": (_two_shots_of_label_1, ["episode 3:", "support", "label 1: 2"]),
+    "unequal-queries": (_fewer_queries_of_label_2, ["episode 3:", "query", "label 2: 4"]),
+    "another-way": (_episode_3_is_3_way, ["episode 3 is 3-way", "episode 0 is 5-way"]),
+    "blank-episode": (_blank("episode"), ["without an episode number", "data row"]),
+    "blank-role": (_blank("role"), ["episode 3:", "without a role"]),
+    "blank-image": (_blank("image"), ["episode 3:", "without an image path"]),
+    "blank-label": (_blank("label"), ["episode 3:", "without a label"]),
+    "episode-not-a-number": (_episode_name, ["episode must be an integer", "'three'"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_EPISODES))
+@pytest.mark.parametrize("method", ["maml", "baseline"])
+def test_a_malformed_episode_is_named(capsys, checkpoints, tables, tmp_path, method, case):
+    edit, words = BAD_EPISODES[case]
+    path = edited_table(tables, tmp_path / f"{case}.csv", edit)
+    result = evaluate(capsys, checkpoints[method]["path"], path)
+    assert_one_line_error(*result, str(path), *words)
+
+
+def test_a_label_the_maml_head_cannot_output(capsys, checkpoints, tables, tmp_path):
+    """6-way episodes for a 5-way head; the baseline fits a 6-way head of its own."""
+
+    def six_way(table):
+        return pd.concat([table, table[table["label"] == 0].assign(label=5)], ignore_index=True)
+
+    path = edited_table(tables, tmp_path / "six-way.csv", six_way)
+    result = evaluate(capsys, checkpoints["maml"]["path"], path)
+    assert_one_line_error(*result, str(path), "episode 0:", "label 5", "5 outputs")
+    code, out, err = evaluate(capsys, checkpoints["baseline"]["path"], path, "--json")
+    assert code == 0, err
+
+
+# --- bad command lines and checkpoints: one line, exit 2 ------------------------------------
+
+
+@pytest.mark.parametrize("batch", ["0", "-1"])
+def test_batch_below_one(capsys, checkpoints, tables, batch):
+    result = evaluate(capsys, checkpoints["baseline"]["path"], tables["csv"], "--batch", batch)
+    assert_one_line_error(*result, "--batch", "at least 1", batch)
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--batch", "many"], ["--batch", "'many'", "--help"]),
+        (["--colour"], ["--colour"]),
+    ],
+    ids=["batch-not-a-number", "unknown-option"],
+)
+def test_what_argparse_rejects_is_one_line_too(capsys, checkpoints, tables, extra, words):
+    result = evaluate(capsys, checkpoints["baseline"]["path"], tables["csv"], *extra)
+    assert_one_line_error(*result, *words)
+
+
+def test_a_missing_required_option(capsys, tables):
+    code = main(["evaluate", "--episodes", str(tables["csv"])])
+    captured = capsys.readouterr()
+    assert_one_line_error(code, captured.out, captured.err, "--checkpoint", "required")
+
+
+@pytest.mark.parametrize(
+    "device, words",
+    [("bogus", ["--device", "'bogus'", "not a device"]), ("meta", ["--device", "'meta'"])],
+)
+def test_a_device_that_is_not_one(capsys, checkpoints, tables, device, words):
+    result = evaluate(capsys, checkpoints["maml"]["path"], tables["csv"], "--device", device)
+    assert_one_line_error(*result, *words)
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:0"])
+def test_cuda_asked_for_where_there_is_none(capsys, checkpoints, tables, monkeypatch, device):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    result = evaluate(capsys, checkpoints["maml"]["path"], tables["csv"], "--device", device)
+    assert_one_line_error(*result, device, "CUDA")
+
+
+def test_a_cuda_device_beyond_those_present(capsys, checkpoints, tables):
+    index = torch.cuda.device_count()  # one past the last
+    name = f"cuda:{index}"
+    if index == 0:
+        pytest.skip("without CUDA, resolve_device already refuses every cuda device")
+    result = evaluate(capsys, checkpoints["maml"]["path"], tables["csv"], "--device", name)
+    assert_one_line_error(*result, name, f"{index} CUDA device(s)")
+
+
+@pytest.mark.parametrize(
+    "method, key",
+    [
+        ("baseline", "baseline.finetune_lr"),
+        ("baseline", "normalize.std"),
+        ("baseline", "maml.eval_batch"),
+        ("maml", "maml.test_inner_steps"),
+        ("maml", "image_size"),
+    ],
+)
+def test_a_checkpoint_config_without_a_key_evaluation_needs(
+    capsys, checkpoints, tables, tmp_path, method, key
+):
+    payload = torch.load(checkpoints[method]["path"], weights_only=True)
+    *parents, last = key.split(".")
+    node = payload["config"]
+    for part in parents:
+        node = node[part]
+    del node[last]
+    path = tmp_path / "model.pt"
+    torch.save(payload, path)
+    result = evaluate(capsys, path, tables["csv"])
+    assert_one_line_error(*result, str(path), "config", f"'{key}'")
+
+
+def test_a_directory_given_as_checkpoint(capsys, checkpoints, tables, tmp_path):
+    result = evaluate(capsys, tmp_path, tables["csv"])
+    assert_one_line_error(*result, str(tmp_path), "is a directory", "not a checkpoint file")
+    folder = checkpoints["maml"]["path"].parent  # holds a model.pt: say so
+    result = evaluate(capsys, folder, tables["csv"])
+    assert_one_line_error(*result, str(folder), "is a directory", "model.pt inside")
+
+
+def test_an_empty_checkpoint(capsys, tables, tmp_path):
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"")
+    assert_one_line_error(*evaluate(capsys, path, tables["csv"]), str(path), "is empty (0 bytes)")
+
+
+def test_a_directory_given_as_episode_table(capsys, checkpoints, tables):
+    result = evaluate(capsys, checkpoints["maml"]["path"], tables["folder"])
+    assert_one_line_error(*result, str(tables["folder"]), "is a directory")
+
+
+def test_a_multi_line_reason_is_printed_on_one_line(capsys, tables, tmp_path):
+    """torch's refusal to unpickle a foreign object spans lines; the error must not."""
+    path = tmp_path / "model.pt"
+    torch.save({"format": argparse.Namespace(a=1)}, path)
+    assert_one_line_error(*evaluate(capsys, path, tables["csv"]), str(path), "not a readable")
+
+
+# --- the baseline's answer does not depend on --batch ----------------------------------------
+
+
+def test_baseline_accuracy_is_the_same_for_every_batch_size(capsys, checkpoints, tables):
+    means = {}
+    for batch in ("1", "7", "50"):
+        code, out, err = evaluate(
+            capsys, checkpoints["baseline"]["path"], tables["csv"], "--json", "--batch", batch
+        )
+        assert code == 0, err
+        means[batch] = json.loads(out)["mean"]
+    assert means["1"] == means["7"] == means["50"], means

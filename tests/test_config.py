@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mamlscope.config import data_section, load_config, validate_config
+from mamlscope.config import data_section, load_config, load_schema, validate_config
 from mamlscope.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,3 +127,157 @@ def test_seeds_given_as_strings_on_the_command_line_become_integers():
     assert validate_config({**MINIMAL, "seeds": ["0", "7"]})["seeds"] == [0, 7]
     with pytest.raises(ConfigError, match="seeds.0"):
         validate_config({**MINIMAL, "seeds": ["zero"]})
+
+
+# ------------------------------------------- episodes against the pools, before any job
+
+
+def classes_split(train: int, val: int = 0) -> dict:
+    return {"protocol": "classes", "train": train, "val": val}
+
+
+@pytest.mark.parametrize(
+    ("dataset", "fragments"),
+    [
+        # protocol classes: way against the classes of each pool
+        (
+            dict(source="digits", split=classes_split(6, 2), episodes={"way": 3, "shot": 1}),
+            ["datasets.d.episodes.way", "pool 'val'", "only 2 classes", "datasets.d.split"],
+        ),
+        (
+            dict(source="digits", split=classes_split(7), episodes={"way": 4, "shot": 1}),
+            ["datasets.d.episodes.way", "pool 'test'", "only 3 classes"],
+        ),
+        (
+            dict(source="mnist", split=classes_split(3), episodes={"way": 5, "shot": 1}),
+            ["datasets.d.episodes.way", "pool 'train'", "only 3 classes"],
+        ),
+        # protocol classes: shot + query against the examples of the smallest class
+        (
+            dict(
+                source="digits",
+                split=classes_split(5, 2),
+                episodes={"way": 2, "shot": 160, "query": 15},
+            ),
+            ["datasets.d.episodes.shot + datasets.d.episodes.query", "175", "only 174"],
+        ),
+        (
+            dict(source="mnist5k", split=classes_split(5), episodes={"way": 2, "shot": 490}),
+            ["datasets.d.episodes.shot", "505", "only 500"],
+        ),
+        (
+            dict(source="omniglot", split=classes_split(10), episodes={"way": 5, "shot": 6}),
+            ["datasets.d.episodes.query", "21", "only 20"],
+        ),
+        # protocol examples: shot + query against each pool's share of a class
+        (
+            dict(
+                source="digits",
+                split={"protocol": "examples"},
+                episodes={"way": 5, "shot": 20, "query": 16},
+            ),
+            ["datasets.d.episodes.shot", "36", "only 35 in pool 'val'", "split.train = 0.6"],
+        ),
+        (
+            dict(
+                source="omniglot",
+                split={"protocol": "examples"},
+                episodes={"way": 5, "shot": 1, "query": 4},
+            ),
+            ["datasets.d.episodes.query", "only 4 in pool 'val'"],
+        ),
+        (
+            dict(
+                source="mnist",
+                split={"protocol": "examples", "test_origin": "test"},
+                episodes={"way": 5, "shot": 800, "query": 100},
+            ),
+            ["datasets.d.episodes.shot", "origin 'test'", "only 892 in pool 'test'"],
+        ),
+        (
+            dict(
+                source="digits",
+                rotations=True,
+                split={"protocol": "examples"},
+                episodes={"way": 41, "shot": 1},
+            ),
+            ["datasets.d.episodes.way", "only 40 classes"],
+        ),
+    ],
+)
+def test_episodes_that_cannot_fit_a_pool_fail_before_any_job(dataset, fragments):
+    with pytest.raises(ConfigError) as info:
+        validate_config({"datasets": {"d": dataset}}, check_paths=False)
+    for fragment in fragments:
+        assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "dataset",
+    [
+        # largest that fit: 174 examples in digits' smallest class, 20 Omniglot drawings
+        dict(source="digits", split=classes_split(5, 2), episodes={"way": 2, "shot": 159}),
+        dict(source="omniglot", split=classes_split(10), episodes={"way": 5, "shot": 5}),
+        dict(source="digits", split={"protocol": "examples"}, episodes={"way": 5, "shot": 20}),
+        # rotations: 2 val base classes are 8 classes
+        dict(
+            source="digits",
+            rotations=True,
+            split=classes_split(6, 2),
+            episodes={"way": 8, "shot": 1},
+        ),
+        # no val pool: no val episodes to fit
+        dict(source="digits", split=classes_split(6), episodes={"way": 4, "shot": 1}),
+        dict(
+            source="digits",
+            split={"protocol": "examples", "val": 0},
+            episodes={"way": 5, "shot": 1},
+        ),
+        # mnist5k with the official test set: 500 + 892 in the smallest class
+        dict(
+            source="mnist5k",
+            test_images="t10k",
+            split=classes_split(5),
+            episodes={"way": 2, "shot": 600},
+        ),
+        # unknown counts are left to the split job
+        dict(
+            source="imagefolder",
+            path="x",
+            split=classes_split(3),
+            episodes={"way": 50, "shot": 500},
+        ),
+        dict(
+            source="omniglot", split=classes_split(10), episodes={"way": 60, "shot": 1, "query": 4}
+        ),
+    ],
+)
+def test_episodes_that_fit_pass(dataset):
+    validate_config({"datasets": {"d": dataset}}, check_paths=False)
+
+
+def test_split_defaults_come_from_the_schema():
+    classes = validate_config(config_with(split={"protocol": "classes", "train": 5}))
+    assert classes["datasets"]["d"]["split"]["val"] == 0
+    examples = validate_config(MINIMAL)["datasets"]["d"]["split"]
+    assert (examples["train"], examples["val"]) == (pytest.approx(0.6), pytest.approx(0.2))
+    split = load_schema()["$defs"]["dataset"]["properties"]["split"]
+    assert split["then"]["properties"]["val"]["default"] == pytest.approx(0.2)
+
+
+def test_normalisation_check_is_one_rule_with_one_message(tmp_path):
+    import torch
+
+    from mamlscope.prepared import prepare_dataset
+    from mamlscope.tasks import normalize_batch
+
+    bad = {"mean": [0.1, 0.2], "std": [1.0]}
+    expected = "normalize.mean: 2 values for 3 channel(s); give one value or one per channel"
+    with pytest.raises(ConfigError) as config_err:
+        validate_config(config_with(channels=3, normalize=bad))
+    with pytest.raises(ConfigError) as prepare_err:
+        prepare_dataset("d", {"source": "digits", "channels": 3, "normalize": bad}, tmp_path)
+    with pytest.raises(ConfigError) as tasks_err:
+        normalize_batch(torch.zeros(1, 3, 2, 2, dtype=torch.uint8), bad["mean"], bad["std"])
+    assert str(config_err.value) == str(prepare_err.value) == "datasets.d." + expected
+    assert str(tasks_err.value) == expected

@@ -56,10 +56,12 @@ def test_prepare_writes_the_documented_artifact(tree: Path, tmp_path: Path) -> N
             "rotation",
             "group",
             "origin",
+            "source_id",
         ]
     )
-    for column in ("example_id", "class_id", "base_class", "rotation"):
+    for column in ("example_id", "class_id", "base_class", "rotation", "source_id"):
         assert index[column].dtype == np.int64, column
+    assert index["source_id"].tolist() == index["example_id"].tolist()  # no rotations
     names = sorted(f"{g}/{c}" for g in GROUPS for c in CLASSES)
     assert index["class_id"].tolist() == [names.index(n) for n in index["class_name"]]
     assert index["base_class"].tolist() == index["class_id"].tolist()
@@ -92,6 +94,7 @@ def test_rotations_make_three_more_classes_per_class(tree: Path, tmp_path: Path)
         assert block["class_id"].tolist() == (base["class_id"] + r * classes).tolist()
         assert block["class_name"].tolist() == [f"{c}@rot{degrees}" for c in base["class_name"]]
         assert block["group"].tolist() == base["group"].tolist()
+        assert block["source_id"].tolist() == base["example_id"].tolist()  # the drawing
         rotated = np.asarray(data.images[block["example_id"].to_numpy()])
         expected = np.rot90(np.asarray(data.images[:n]), r, axes=(-2, -1))
         np.testing.assert_array_equal(rotated, expected)
@@ -162,6 +165,25 @@ def test_load_names_the_folder_when_files_are_missing_or_corrupt(
         PreparedDataset.load(out)
     (out / victim).unlink()
     with pytest.raises(DataError, match=rf"{re.escape(str(out))}.*{re.escape(victim)}"):
+        PreparedDataset.load(out)
+
+
+@pytest.mark.parametrize("rotations", [False, True])
+def test_index_written_before_source_id_still_loads(
+    tree: Path, tmp_path: Path, rotations: bool
+) -> None:
+    out = prepare_dataset("toy", cfg(tree, rotations=rotations), tmp_path / "o", ".", False)
+    new = pd.read_parquet(out / "index.parquet")
+    new.drop(columns="source_id").to_parquet(out / "index.parquet", index=False)
+    pd.testing.assert_frame_equal(PreparedDataset.load(out).index, new)
+
+
+def test_old_index_in_an_unknown_layout_fails_clearly(tree: Path, tmp_path: Path) -> None:
+    out = prepare_dataset("toy", cfg(tree, rotations=True), tmp_path / "o", ".", False)
+    old = pd.read_parquet(out / "index.parquet").drop(columns="source_id")
+    old["rotation"] = old["rotation"].to_numpy()[::-1]  # not prepare_dataset's block layout
+    old.to_parquet(out / "index.parquet", index=False)
+    with pytest.raises(DataError, match=r"index\.parquet: .*source_id.*prepare the dataset"):
         PreparedDataset.load(out)
 
 

@@ -553,3 +553,18 @@ def test_imagefolder_errors(tmp_path: Path) -> None:
 def test_unknown_source_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="source"):
         read_source({"source": "imagenet"}, show_progress=False)
+
+
+def test_reader_defaults_are_the_schemas():
+    """A reader given a bare dataset entry fills what validation would: one default each."""
+    from mamlscope.config import data_section, validate_config
+    from mamlscope.sources import resolve_config
+
+    entry = {
+        "source": "digits",
+        "split": {"protocol": "examples"},
+        "episodes": {"way": 2, "shot": 1},
+    }
+    validated = validate_config({"datasets": {"d": entry}}, check_paths=False)["datasets"]["d"]
+    resolved = resolve_config({"source": "digits"})
+    assert resolved == data_section(validated)

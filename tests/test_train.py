@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from mamlscope.errors import ConfigError
-from mamlscope.pipeline import run_evaluation
-from mamlscope.train import METHODS, resolve_device, run_training, train_maml
+from mamlscope.evaluate import EvalSettings, run_evaluation
+from mamlscope.runtime import resolve_device
+from mamlscope.train import METHODS, run_training, train_maml
 
 
 @pytest.fixture(autouse=True)
@@ -28,9 +29,12 @@ def train(tiny: dict, out: Path, method: str, seed: int, cfg: dict | None = None
     """Run one training job into `out`; return the result and the checkpoint path."""
     checkpoint = out / "model.pt"
     result = run_training(
-        data_dir=tiny["data_dir"],
-        split_dir=tiny["split_dir"],
-        ds_cfg=cfg or tiny["cfg"],
+        images=tiny["images"],
+        index=tiny["index"],
+        meta=tiny["meta"],
+        pools=tiny["pools"],
+        val_episodes=tiny["val_episodes"],
+        config=cfg or tiny["cfg"],
         method=method,
         seed=seed,
         device="cpu",
@@ -39,6 +43,23 @@ def train(tiny: dict, out: Path, method: str, seed: int, cfg: dict | None = None
         progress=False,
     )
     return result, checkpoint
+
+
+def evaluate(tiny: dict, checkpoint: Path, out: Path, method: str, cfg: dict | None = None):
+    """Run the evaluation job on `checkpoint` into `out`; return its row."""
+    return run_evaluation(
+        checkpoint=checkpoint,
+        images=tiny["images"],
+        index=tiny["index"],
+        meta=tiny["meta"],
+        pools=tiny["pools"],
+        test_episodes=tiny["test_episodes"],
+        settings=EvalSettings.from_config(cfg or tiny["cfg"], method),
+        dataset="digits8",
+        device="cpu",
+        summary_json=out / "evaluation.json",
+        summary_parquet=out / "evaluation.parquet",
+    )
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -87,15 +108,7 @@ def test_maml_lowers_the_meta_loss_and_beats_chance(tiny_digits, tmp_path):
     assert len(train_rows) == tiny_digits["cfg"]["maml"]["meta_steps"]
     first, last = train_rows["loss"].head(5).mean(), train_rows["loss"].tail(5).mean()
     assert last < 0.8 * first, (first, last)
-    row = run_evaluation(
-        checkpoint=path,
-        data_dir=tiny_digits["data_dir"],
-        split_dir=tiny_digits["split_dir"],
-        dataset="digits8",
-        device="cpu",
-        summary_json=tmp_path / "evaluation.json",
-        summary_parquet=tmp_path / "evaluation.parquet",
-    )
+    row = evaluate(tiny_digits, path, tmp_path, "maml")
     chance = 1 / tiny_digits["cfg"]["episodes"]["way"]
     assert row["method"] == "maml"
     assert row["mean"] - row["ci95"] > chance + 0.3, row  # measured about 0.87
@@ -106,15 +119,7 @@ def test_baseline_beats_chance_on_plain_and_episode_accuracy(tiny_digits, tmp_pa
     result, path = train(tiny_digits, tmp_path, "baseline", seed=0)
     train_rows = result.metrics[result.metrics["phase"] == "train"]
     assert train_rows["loss"].tail(5).mean() < 0.5 * train_rows["loss"].head(5).mean()
-    row = run_evaluation(
-        checkpoint=path,
-        data_dir=tiny_digits["data_dir"],
-        split_dir=tiny_digits["split_dir"],
-        dataset="digits8",
-        device="cpu",
-        summary_json=tmp_path / "evaluation.json",
-        summary_parquet=tmp_path / "evaluation.parquet",
-    )
+    row = evaluate(tiny_digits, path, tmp_path, "baseline")
     assert result.spec.num_classes == 10  # every digit is in the train pool (examples)
     assert row["test_accuracy"] > 0.1 + 0.5, row  # 10 classes; measured about 0.91
     chance = 1 / tiny_digits["cfg"]["episodes"]["way"]
@@ -192,9 +197,12 @@ def test_cuda_without_cuda_is_a_config_error(tiny_digits, tmp_path):
     cfg = copy.deepcopy(tiny_digits["cfg"])
     with pytest.raises(ConfigError, match="CUDA is not available"):
         run_training(
-            data_dir=tiny_digits["data_dir"],
-            split_dir=tiny_digits["split_dir"],
-            ds_cfg=cfg,
+            images=tiny_digits["images"],
+            index=tiny_digits["index"],
+            meta=tiny_digits["meta"],
+            pools=tiny_digits["pools"],
+            val_episodes=tiny_digits["val_episodes"],
+            config=cfg,
             method="maml",
             seed=0,
             device="cuda",
@@ -222,20 +230,17 @@ def test_baseline_trains_on_disjoint_classes_protocol(tiny_digits, tmp_path):
     index = pd.read_parquet(Path(tiny_digits["data_dir"]) / "index.parquet")
     split_dir = tmp_path / "split"
     write_split(index, cfg["split"], cfg["episodes"], 0, split_dir)
-    tiny = {**tiny_digits, "split_dir": split_dir}
+    tiny = {
+        **tiny_digits,
+        "pools": split_dir / "pools.parquet",
+        "val_episodes": split_dir / "episodes_val.parquet",
+        "test_episodes": split_dir / "episodes_test.parquet",
+    }
     result, checkpoint = train(tiny, tmp_path / "run", "baseline", 0, cfg)
     assert result.spec.num_classes == 6
     val = result.metrics[result.metrics["phase"] == "val"]
     assert len(val) == cfg["baseline"]["epochs"]
     assert val["accuracy"].iloc[-1] > 0.5  # chance is 1/6
-    row = run_evaluation(
-        checkpoint=checkpoint,
-        data_dir=tiny["data_dir"],
-        split_dir=split_dir,
-        dataset="digits8",
-        device="cpu",
-        summary_json=tmp_path / "e.json",
-        summary_parquet=tmp_path / "e.parquet",
-    )
+    row = evaluate(tiny, checkpoint, tmp_path, "baseline", cfg)
     assert np.isnan(row["test_accuracy"])  # test classes were never seen
     assert row["episodes"] == cfg["episodes"]["test_episodes"]

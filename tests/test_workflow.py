@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,15 +24,37 @@ def snakemake(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def copy_workflow(dest: Path) -> Path:
+    """The workflow files copied into `dest`, so that results land there."""
+    for name in ("Snakefile", "config.yaml"):
+        shutil.copy(REPO / name, dest / name)
+    for name in ("rules", "scripts", "config", "envs", "profiles", "report"):
+        if (REPO / name).exists():
+            shutil.copytree(REPO / name, dest / name)
+    return dest
+
+
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     """A copy of the workflow files in a fresh folder, so results land in tmp_path."""
-    for name in ("Snakefile", "config.yaml"):
-        shutil.copy(REPO / name, tmp_path / name)
-    for name in ("rules", "scripts", "config", "envs", "profiles", "report"):
-        if (REPO / name).exists():
-            shutil.copytree(REPO / name, tmp_path / name)
-    return tmp_path
+    return copy_workflow(tmp_path)
+
+
+def planned_jobs(output: str) -> list[tuple[str, str]]:
+    """(rule, method or '') of every job a `snakemake -n` output lists, but `all`."""
+    jobs = []
+    for block in output.split("\n\n"):
+        rule = re.search(r"^(?:local)?rule (\w+):", block, re.MULTILINE)
+        if not rule or rule.group(1) == "all":
+            continue
+        method = re.search(r"method=([\w-]+)", block)
+        jobs.append((rule.group(1), method.group(1) if method else ""))
+    return sorted(jobs)
+
+
+def job_block(output: str, rule: str) -> str:
+    """The first job block of `rule` in a `snakemake -n` output."""
+    return next(b for b in output.split("\n\n") if re.search(rf"rule {rule}:", b))
 
 
 @pytest.mark.workflow
@@ -97,3 +121,124 @@ def test_slurm_profile_asks_a_gpu_for_training(workdir: Path):
     prepare = [b for b in blocks if "rule prepare_dataset:" in b]
     assert train and all("gpu=1" in b for b in train)
     assert prepare and all("gpu=1" not in b for b in prepare)
+
+
+@pytest.mark.workflow
+def test_lint_finds_nothing(workdir: Path):
+    result = snakemake("--lint", cwd=workdir)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    assert "Lints for" not in out and "good condition" in out, out
+
+
+@pytest.mark.workflow
+def test_jobs_declare_every_file_they_read(workdir: Path):
+    result = snakemake("-n", "--cores", "1", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    train, evaluate = job_block(out, "train"), job_block(out, "evaluate")
+    for block in (train, evaluate):
+        seed = re.search(r"seed=(\d+)", block).group(1)
+        data, split = "results/mnist5k/data/", f"results/mnist5k/split/seed{seed}/"
+        for name in ("images.npy", "index.parquet", "meta.json", "pools.parquet"):
+            assert (split if name == "pools.parquet" else data) + name in block, block
+    assert "episodes_val.parquet" in train and "episodes_test.parquet" in evaluate
+
+
+# A tiny experiment that runs for real in about a minute on 2 cores: every method, one seed.
+TINY = """\
+seeds: [0]
+device: cpu
+methods: [baseline, maml, fomaml, maml-fd]
+datasets:
+  digits8:
+    source: digits
+    image_size: 8
+    split: {protocol: examples, train: 0.6, val: 0.2}
+    episodes: {way: 5, shot: 1, query: 5, test_episodes: 20, val_episodes: 5}
+model: {arch: fc, hidden: [16]}
+baseline: {epochs: 1, batch_size: 64, finetune_steps: 5}
+maml: {meta_batch: 2, meta_steps: 3, val_every: 3, test_inner_steps: 2, eval_batch: 20}
+"""
+MAML = ("maml", "fomaml", "maml-fd")
+
+
+def _jobs(rule_methods: dict[str, tuple[str, ...]]) -> list[tuple[str, str]]:
+    return sorted((rule, m) for rule, methods in rule_methods.items() for m in methods)
+
+
+# Each edit of the tiny config, and every job it reruns (summarize_runs gathers every run).
+RERUNS = {
+    "nothing": ("", []),
+    # Only MAML trains for meta-steps: the three MAML runs retrain and re-evaluate.
+    "maml.meta_steps": (
+        "meta_steps: 3,/meta_steps: 4,",
+        _jobs({"train": MAML, "evaluate": MAML, "summarize_runs": ("",)}),
+    ),
+    # Fine-tuning is evaluation only: the baseline is re-evaluated, nothing retrains.
+    "baseline.finetune_steps": (
+        "finetune_steps: 5/finetune_steps: 6",
+        _jobs({"evaluate": ("baseline",), "summarize_runs": ("",)}),
+    ),
+    "baseline.epochs": (
+        "epochs: 1/epochs: 2",
+        _jobs({"train": ("baseline",), "evaluate": ("baseline",), "summarize_runs": ("",)}),
+    ),
+    # New test episodes are a new split: everything downstream of it reruns.
+    "episodes.test_episodes": (
+        "test_episodes: 20/test_episodes: 21",
+        _jobs(
+            {
+                "split_dataset": ("",),
+                "train": ("baseline", *MAML),
+                "evaluate": ("baseline", *MAML),
+                "summarize_runs": ("",),
+            }
+        ),
+    ),
+    # Validation during MAML training adapts with test_inner_steps, so its metrics change:
+    # MAML retrains as well as re-evaluates (config.MAML_TRAIN_KEYS).
+    "maml.test_inner_steps": (
+        "test_inner_steps: 2/test_inner_steps: 3",
+        _jobs({"train": MAML, "evaluate": MAML, "summarize_runs": ("",)}),
+    ),
+    "maml.fd_epsilon": (
+        "eval_batch: 20}/eval_batch: 20, fd_epsilon: 1.0e-7}",
+        _jobs({"train": ("maml-fd",), "evaluate": ("maml-fd",), "summarize_runs": ("",)}),
+    ),
+    "maml.eval_batchnorm": (
+        "eval_batch: 20}/eval_batch: 20, eval_batchnorm: support}",
+        _jobs({"evaluate": MAML, "summarize_runs": ("",)}),
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny experiment run for real once: a results tree that is up to date."""
+    folder = copy_workflow(tmp_path_factory.mktemp("reruns"))
+    (folder / "tiny.yaml").write_text(TINY)
+    result = snakemake("--cores", "2", "--configfile", "tiny.yaml", cwd=folder)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert (folder / "results" / "runs.md").is_file()
+    summary = json.loads((folder / "results/digits8/maml/seed0/evaluation.json").read_text())
+    assert summary["config"]["source"] == "digits"  # the checkpoint records the whole config
+    assert summary["evaluation"]["inner_steps"] == 2  # the settings this evaluation used
+    return folder
+
+
+@pytest.mark.workflow
+@pytest.mark.slow
+@pytest.mark.parametrize("edit", list(RERUNS))
+def test_an_edit_reruns_only_the_jobs_that_read_it(tiny_results: Path, edit: str):
+    change, expected = RERUNS[edit]
+    text = TINY
+    if change:
+        old, new = change.split("/")
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    name = f"edited-{edit}.yaml"
+    (tiny_results / name).write_text(text)
+    result = snakemake("-n", "--cores", "1", "--configfile", name, cwd=tiny_results)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert planned_jobs(result.stdout) == expected, result.stdout[-3000:]

@@ -54,6 +54,23 @@ class Checkpoint:
     seed: int
     config: dict[str, Any]
     version: str
+    path: Path | None = None
+
+    def require(self, *keys: str) -> None:
+        """Fail with a CheckpointError naming the first dotted key its config lacks.
+
+        Configs of other versions may lack a key a reader needs; checked up front, the
+        user reads which one instead of a KeyError traceback.
+        """
+        for key in keys:
+            node: Any = self.config
+            for part in key.split("."):
+                if not isinstance(node, dict) or part not in node:
+                    raise CheckpointError(
+                        f"{self.path or 'checkpoint'}: its saved config lacks '{key}', which "
+                        "evaluation needs (written by another version of mamlscope?)"
+                    )
+                node = node[part]
 
 
 def save_checkpoint(
@@ -82,8 +99,13 @@ def save_checkpoint(
 def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Checkpoint:
     """Load and rebuild; every way a file can be wrong gets a CheckpointError naming it."""
     path = Path(path)
+    if path.is_dir():
+        inside = " (give the model.pt inside it)" if (path / "model.pt").is_file() else ""
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file{inside}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: the file is empty (0 bytes), not a checkpoint")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files
@@ -120,4 +142,5 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
         seed=int(payload["seed"]),
         config=payload["config"],
         version=payload["version"],
+        path=path,
     )

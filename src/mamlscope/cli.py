@@ -5,27 +5,80 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
+from typing import TYPE_CHECKING, NoReturn
 
-from mamlscope.errors import MamlscopeError
+from mamlscope.errors import ConfigError, MamlscopeError
+
+if TYPE_CHECKING:
+    import torch
+
+# Config keys (dotted) each method's evaluation reads (`EvalSettings.from_config`, as
+# `config.evaluate_section`), checked up front so a checkpoint that lacks one is named.
+_EPISODES = ("episodes.way", "episodes.shot", "episodes.query", "maml.eval_batch")
+_SETTINGS = {
+    "baseline": (
+        *_EPISODES,
+        "baseline.finetune_steps",
+        "baseline.finetune_lr",
+        "baseline.finetune_all",
+    ),
+    "maml": (*_EPISODES, "maml.inner_lr", "maml.test_inner_steps"),
+}
+
+
+class _UsageError(MamlscopeError):
+    """A command line argparse rejects; reported as one line like our other errors."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # argparse prints usage and exits itself
+        raise _UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _device(name: str) -> torch.device:
+    """`resolve_device`, with torch's own errors for a bad name turned into a ConfigError."""
+    import torch
+
+    from mamlscope.runtime import resolve_device
+
+    try:
+        device = resolve_device(name)
+    except MamlscopeError:
+        raise
+    except (RuntimeError, ValueError) as exc:
+        raise ConfigError(f"--device: '{name}' is not a device; use auto, cpu or cuda") from exc
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device: '{name}' is not supported; use auto, cpu or cuda")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(
+            f"--device: '{name}' asked for, but this machine has "
+            f"{torch.cuda.device_count()} CUDA device(s)"
+        )
+    return device
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from mamlscope.checkpoint import load_checkpoint
-    from mamlscope.episode_table import episode_batches, read_episode_table
-    from mamlscope.evaluate import evaluate_checkpoint_on, summarize
-    from mamlscope.train import resolve_device
+    from mamlscope.episode_table import IMAGE_KEYS, episode_batches, read_episode_table
+    from mamlscope.evaluate import EvalSettings, evaluate_checkpoint_on, summarize
 
-    device = resolve_device(args.device)
-    ckpt = load_checkpoint(args.checkpoint, device)
-    table = read_episode_table(args.episodes)
-    way = int(table["label"].max()) + 1
-    if ckpt.method != "baseline" and way != ckpt.spec.num_classes:
-        raise MamlscopeError(
-            f"{args.episodes}: {way}-way episodes, but the checkpoint's head has "
-            f"{ckpt.spec.num_classes} outputs ({ckpt.method} adapts an N-way head of its own size)"
+    if args.batch < 1:
+        raise ConfigError(
+            f"--batch: episodes adapted together must be at least 1; got {args.batch}"
         )
+    device = _device(args.device)
+    ckpt = load_checkpoint(args.checkpoint, device)
+    ckpt.require(*IMAGE_KEYS, *_SETTINGS["baseline" if ckpt.method == "baseline" else "maml"])
+    # MAML adapts its own N-way head, so the episodes must be N-way; the baseline fits
+    # a fresh head of the episodes' way.
+    head = None if ckpt.method == "baseline" else ckpt.spec.num_classes
+    table = read_episode_table(args.episodes, head=head)
+    way = int(table["label"].max()) + 1
     batches = episode_batches(table, ckpt.config, batch_size=args.batch, device=device)
-    accuracy = summarize(evaluate_checkpoint_on(ckpt, batches, way=way))
+    # A standalone checkpoint is evaluated as its saved config says, on the table's way.
+    settings = replace(EvalSettings.from_config(ckpt.config, ckpt.method), way=way)
+    accuracy = summarize(evaluate_checkpoint_on(ckpt, batches, settings))
     if args.json:
         print(json.dumps({"method": ckpt.method, **accuracy.as_dict()}))
     else:
@@ -35,7 +88,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; errors of ours print one line and exit 2, not a traceback."""
-    parser = argparse.ArgumentParser(prog="mamlscope", description=__doc__)
+    parser = _Parser(prog="mamlscope", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     evaluate = commands.add_parser(
         "evaluate",
@@ -49,11 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--batch", type=int, default=50, help="episodes adapted together")
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
     evaluate.set_defaults(func=_evaluate)
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
         return args.func(args)
     except MamlscopeError as exc:
-        print(f"mamlscope: error: {exc}", file=sys.stderr)
+        # One line even when the message quotes a multi-line error of a library.
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        print(f"mamlscope: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sized
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import jsonschema
+import numpy as np
 import yaml
 
 from mamlscope.errors import ConfigError
+from mamlscope.pools import POOLS, example_pool_sizes
 
 # Classes each source is known to have (before rotation augmentation); None: read from data.
 KNOWN_CLASSES: dict[str, int | None] = {
@@ -28,6 +30,20 @@ KNOWN_CLASSES: dict[str, int | None] = {
     "omniglot": None,
     "imagefolder": None,
 }
+_MNIST_TEST = (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)
+# Examples per class (in class order) of each source's own sets, the index's `origin`,
+# where the source fixes them; mnist5k's `test` is there with `test_images` only.
+KNOWN_EXAMPLES: dict[str, dict[str, tuple[int, ...]]] = {
+    "mnist5k": {"train": (500,) * 10, "test": _MNIST_TEST},
+    "digits": {"train": (178, 182, 177, 183, 181, 182, 181, 179, 174, 180)},
+    "mnist": {
+        "train": (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949),
+        "test": _MNIST_TEST,
+    },
+    "cifar10": {"train": (5000,) * 10, "test": (1000,) * 10},
+}
+# Drawings of every Omniglot character (20 drawers), whichever sets are read.
+OMNIGLOT_DRAWINGS = 20
 # Sections a dataset may override over the top-level ones.
 OVERRIDABLE = ("model", "baseline", "maml")
 
@@ -105,6 +121,20 @@ def validate_config(config: Mapping[str, Any], *, check_paths: bool = True) -> d
     return cfg
 
 
+def check_normalize(stats: Mapping[str, Sized], channels: int, where: str = "") -> None:
+    """Fail unless each statistic has one value (for every channel) or one per channel.
+
+    The one implementation of this rule: the config check, `prepare_dataset` and the
+    tensor normalisation all call it, so they cannot disagree.
+    """
+    for key, values in stats.items():
+        if len(values) not in (1, channels):
+            raise ConfigError(
+                f"{where}normalize.{key}: {len(values)} values for {channels} channel(s); "
+                "give one value or one per channel"
+            )
+
+
 def _check_dataset(name: str, ds: dict[str, Any], data_root: Path, check_paths: bool) -> None:
     where = f"datasets.{name}"
     source = ds["source"]
@@ -124,65 +154,122 @@ def _check_dataset(name: str, ds: dict[str, Any], data_root: Path, check_paths: 
                 f"{where}.root: path does not exist: {ds['root']} "
                 "(download is false, so the files must already be there)"
             )
-    channels = ds["channels"]
-    for stat in ("mean", "std"):
-        values = ds["normalize"][stat]
-        if len(values) not in (1, channels):
-            raise ConfigError(
-                f"{where}.normalize.{stat}: {len(values)} values for {channels} channel(s); "
-                "give one value or one per channel"
-            )
+    check_normalize(ds["normalize"], ds["channels"], f"{where}.")
     _check_split(where, ds)
-    known = KNOWN_CLASSES[source]
-    way = ds["episodes"]["way"]
-    if known is not None:
-        classes = known * (4 if ds["rotations"] else 1)
-        if ds["split"]["protocol"] == "examples" and way > classes:
-            raise ConfigError(
-                f"{where}.episodes.way: {way} classes per episode, but source '{source}' "
-                f"has only {classes}"
-            )
+    _check_episodes_fit(where, ds)
 
 
 def _check_split(where: str, ds: dict[str, Any]) -> None:
-    split = ds["split"]
-    protocol = split["protocol"]
-    if protocol == "classes":
+    split = ds["split"]  # validated: the schema filled the protocol's defaults
+    if split["protocol"] == "classes":
         if "train" not in split:
             raise ConfigError(
                 f"{where}.split.train: required for protocol 'classes' (a class count)"
             )
         for key in ("train", "val"):
-            value = split.get(key, 0)
-            if value != int(value):
+            if split[key] != int(split[key]):
                 raise ConfigError(
-                    f"{where}.split.{key}: protocol 'classes' counts classes; got {value}, "
-                    "expected a whole number"
+                    f"{where}.split.{key}: protocol 'classes' counts classes; got "
+                    f"{split[key]}, expected a whole number"
                 )
-        if split.get("test_origin"):
+        if split["test_origin"]:
             raise ConfigError(f"{where}.split.test_origin: only used by protocol 'examples'")
         known = KNOWN_CLASSES[ds["source"]]
-        wanted = int(split["train"]) + int(split.get("val", 0))
+        wanted = int(split["train"]) + int(split["val"])
         if known is not None and wanted >= known:
             raise ConfigError(
                 f"{where}.split.train: {wanted} train+val classes leave no test classes; "
                 f"source '{ds['source']}' has {known}"
             )
-    else:
-        if split.get("keep_groups"):
-            raise ConfigError(f"{where}.split.keep_groups: only used by protocol 'classes'")
-        train = split.setdefault("train", 0.6)
-        val = split.setdefault("val", 0.2)
-        for key, value in (("train", train), ("val", val)):
-            if not 0 <= value < 1:
-                raise ConfigError(
-                    f"{where}.split.{key}: protocol 'examples' takes a fraction in [0, 1); "
-                    f"got {value}"
-                )
-        if not split.get("test_origin") and train + val >= 1:
+        return
+    if split["keep_groups"]:
+        raise ConfigError(f"{where}.split.keep_groups: only used by protocol 'examples'")
+    train, val = split["train"], split["val"]
+    for key, value in (("train", train), ("val", val)):
+        if not 0 <= value < 1:
             raise ConfigError(
-                f"{where}.split: train + val = {train + val:g} leaves no test examples; "
-                "make the fractions sum to less than 1"
+                f"{where}.split.{key}: protocol 'examples' takes a fraction in [0, 1); got {value}"
+            )
+    if not split["test_origin"] and train + val >= 1:
+        raise ConfigError(
+            f"{where}.split: train + val = {train + val:g} leaves no test examples; "
+            "make the fractions sum to less than 1"
+        )
+
+
+def _known_sizes(ds: Mapping[str, Any]) -> dict[str, np.ndarray] | None:
+    """Examples per base class by origin where the source fixes them, else None."""
+    source = ds["source"]
+    if source == "omniglot":
+        return {"*": np.array([OMNIGLOT_DRAWINGS])}  # whichever sets: no origin is known
+    table = KNOWN_EXAMPLES.get(source)
+    if table is None:
+        return None
+    origins = list(dict.fromkeys(ds["sets"] or table))  # mnist, cifar10
+    if source in ("mnist5k", "digits"):
+        origins = ["train", "test"] if ds["test_images"] else ["train"]
+    if any(o not in table for o in origins):
+        return None  # the reader names the sets there are
+    return {o: np.asarray(table[o], dtype=np.int64) for o in origins}
+
+
+def _check_episodes_fit(where: str, ds: dict[str, Any]) -> None:
+    """``way`` and ``shot + query`` against the pools the split job will make.
+
+    Uses the class and example counts known from the config and the source; where one is
+    unknown (imagefolder, Omniglot's class count, a test_origin without known counts) its
+    check is left to the split job, which checks the real pools.
+    """
+    split, source = ds["split"], ds["source"]
+    way, shot, query = (ds["episodes"][k] for k in ("way", "shot", "query"))
+    rot = 4 if ds["rotations"] else 1
+    known = KNOWN_CLASSES[source]
+    sizes = _known_sizes(ds)
+    fix_way = f"lower {where}.episodes.way or give the pool more classes"
+    fix_need = f"lower {where}.episodes.shot or {where}.episodes.query"
+    need = f"{where}.episodes.shot + {where}.episodes.query: {shot} + {query} = {shot + query}"
+    if split["protocol"] == "classes":
+        if known is not None:
+            test = known - split["train"] - split["val"]
+            for pool, n in zip(POOLS, (split["train"], split["val"], test), strict=True):
+                if n and way > n * rot:  # an empty val pool has no episodes
+                    raise ConfigError(
+                        f"{where}.episodes.way: {way} classes per episode, but pool '{pool}' "
+                        f"will have only {int(n * rot)} classes ({int(n)} base classes"
+                        f"{' x 4 rotations' if rot > 1 else ''}); {fix_way} "
+                        f"({where}.split.train, {where}.split.val)"
+                    )
+        total = sum(sizes.values()) if sizes else None
+        if total is not None and shot + query > total.min():
+            raise ConfigError(
+                f"{need} examples per class are needed, but source '{source}' has only "
+                f"{total.min()} in its smallest class; {fix_need}"
+            )
+        return
+    origin = split["test_origin"]
+    others = [n for o, n in (sizes or {}).items() if o != origin]
+    if not others or (origin and origin not in sizes):
+        return  # unknown counts, or the split job reports the origins there are
+    test = sizes[origin] if origin else None
+    table = example_pool_sizes(sum(others), split["train"], split["val"], test)
+    for k, pool in enumerate(POOLS):
+        counts = table[:, k][table[:, k] > 0]
+        if pool == "val" and counts.size == 0:
+            continue  # no val pool: training runs without validation
+        if known is not None and way > counts.size * rot:
+            raise ConfigError(
+                f"{where}.episodes.way: {way} classes per episode, but pool '{pool}' will "
+                f"have only {counts.size * rot} classes; {fix_way}"
+            )
+        if counts.size and shot + query > counts.min():
+            why = (
+                f"origin '{origin}' (split.test_origin) gives"
+                if origin and pool == "test"
+                else f"split.train = {split['train']:g}, split.val = {split['val']:g} give"
+            )
+            raise ConfigError(
+                f"{need} examples per class are needed, but {why} some class only "
+                f"{counts.min()} in pool '{pool}'; {fix_need}, or change {where}.split"
             )
 
 
@@ -225,3 +312,92 @@ def data_section(ds: Mapping[str, Any]) -> dict[str, Any]:
     re-prepare the data, while editing any of these does.
     """
     return {key: copy.deepcopy(ds[key]) for key in DATA_KEYS}
+
+
+# What each later stage reads. Rules pass these sections as params, so that Snakemake
+# reruns a job only for edits of keys that job reads (see docs/architecture.md).
+EPISODE_SHAPE_KEYS = ("way", "shot", "query")
+BASELINE_TRAIN_KEYS = ("lr", "betas", "weight_decay", "batch_size", "epochs")
+BASELINE_EVAL_KEYS = ("finetune_steps", "finetune_lr", "finetune_all")
+# Validation on the fixed meta-val episodes during training adapts as evaluation does
+# (`test_inner_steps`, `eval_batch`): its accuracies are part of the training job's
+# metrics, so these two keys rerun MAML training too.
+MAML_TRAIN_KEYS = (
+    "meta_batch",
+    "inner_lr",
+    "inner_steps",
+    "meta_lr",
+    "meta_steps",
+    "strategy",
+    "val_every",
+    "test_inner_steps",
+    "eval_batch",
+)
+# TODO(strategy): evaluation adapts with the `vmap` strategy whatever `maml.strategy` says;
+# add "strategy" here once `evaluate.evaluate_maml` takes it.
+MAML_EVAL_KEYS = ("inner_lr", "test_inner_steps", "eval_batch", "eval_batchnorm")
+METHODS = ("baseline", "maml", "fomaml", "maml-fd")
+
+
+def _pick(ds: Mapping[str, Any], name: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    """``ds[name]`` cut to ``keys``; a ConfigError names every key that is missing."""
+    section = ds.get(name)
+    if not isinstance(section, Mapping):
+        section = {}
+    missing = [f"{name}.{key}" for key in keys if key not in section]
+    if missing:
+        raise ConfigError(f"missing from the config: {', '.join(missing)}")
+    return {key: copy.deepcopy(section[key]) for key in keys}
+
+
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ConfigError(f"unknown method '{method}'; use one of {list(METHODS)}")
+
+
+def split_section(ds: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys that decide a seed's pools and fixed episodes: `split` and `episodes`.
+
+    Every episode key counts: way, shot and query shape the episodes, and the counts
+    decide how many are drawn. Editing `episodes.test_episodes` therefore rewrites the
+    split, and everything downstream of it reruns.
+    """
+    return {"split": copy.deepcopy(ds["split"]), "episodes": copy.deepcopy(ds["episodes"])}
+
+
+def train_section(ds: Mapping[str, Any], method: str) -> dict[str, Any]:
+    """The keys that decide a training run's weights and metrics, nested as in the config.
+
+    baseline: `model` and the baseline's training keys (not `finetune_*`, which only
+    evaluation reads). MAML flavours: `model`, the MAML training keys including the
+    validation keys (see MAML_TRAIN_KEYS), `fd_epsilon` for `maml-fd` only, and the
+    episode shape (way, shot, query) that tasks are sampled with.
+    """
+    _check_method(method)
+    section: dict[str, Any] = {"model": copy.deepcopy(ds["model"])}
+    if method == "baseline":
+        section["baseline"] = _pick(ds, "baseline", BASELINE_TRAIN_KEYS)
+        return section
+    extra = ("fd_epsilon",) if method == "maml-fd" else ()
+    section["maml"] = _pick(ds, "maml", MAML_TRAIN_KEYS + extra)
+    section["episodes"] = _pick(ds, "episodes", EPISODE_SHAPE_KEYS)
+    return section
+
+
+def evaluate_section(ds: Mapping[str, Any], method: str) -> dict[str, Any]:
+    """The keys that decide a run's evaluation on the fixed test episodes, nested as in
+    the config (what `evaluate.EvalSettings.from_config` reads).
+
+    Both: the episode shape and `maml.eval_batch` (episodes per batch; the baseline's
+    fresh heads are initialised per batch, so it decides the baseline's numbers too).
+    baseline: `finetune_*`. MAML flavours: `inner_lr`, `test_inner_steps` and
+    `eval_batchnorm`.
+    """
+    _check_method(method)
+    section: dict[str, Any] = {"episodes": _pick(ds, "episodes", EPISODE_SHAPE_KEYS)}
+    if method == "baseline":
+        section["baseline"] = _pick(ds, "baseline", BASELINE_EVAL_KEYS)
+        section["maml"] = _pick(ds, "maml", ("eval_batch",))
+    else:
+        section["maml"] = _pick(ds, "maml", MAML_EVAL_KEYS)
+    return section

@@ -21,11 +21,23 @@ from mamlscope.errors import DataError
 from mamlscope.tasks import normalize_batch
 
 COLUMNS = ("episode", "role", "image", "label")
+IMAGE_KEYS = ("image_size", "channels", "invert", "normalize.mean", "normalize.std")
+"""Config keys (dotted) that `episode_batches` reads to prepare images as in training."""
+
+_LARGEST = 2**31  # beyond any real episode number or label; keeps int64 casts exact
 
 
-def read_episode_table(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """Read and check the table; errors name the file and what is missing."""
+def read_episode_table(path: str | os.PathLike[str], *, head: int | None = None) -> pd.DataFrame:
+    """Read the table and check it as strictly as the pipeline checks its episodes.
+
+    Every error is one line naming the file and, where there is one, the episode. ``head``:
+    the number of outputs of a head the episodes must fit exactly (MAML adapts its own
+    N-way head); None for a method that fits a fresh head per episode (the baseline).
+    Nothing here opens an image, so a bad table fails before any work is done.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path} is a directory, not an episode table (.csv or .parquet)")
     if not path.is_file():
         raise DataError(f"episode table not found: {path}")
     try:
@@ -37,24 +49,140 @@ def read_episode_table(path: str | os.PathLike[str]) -> pd.DataFrame:
         raise DataError(f"{path}: missing column(s) {missing}; expected {list(COLUMNS)}")
     if table.empty:
         raise DataError(f"{path}: the episode table has no rows")
-    roles = set(table["role"].unique()) - {"support", "query"}
-    if roles:
-        raise DataError(f"{path}: role must be 'support' or 'query', found {sorted(roles)}")
-    labels = pd.to_numeric(table["label"], errors="coerce")
-    bad = table.loc[~(labels.notna() & (labels >= 0) & (labels == labels.round())), "label"]
-    if len(bad):
+    table = table.reset_index(drop=True)
+    blank = table["episode"].isna().to_numpy()
+    if blank.any():
         raise DataError(
-            f"{path}: label must be a class index 0..way-1, found {bad.unique()[:5].tolist()}"
+            f"{path}: {int(blank.sum())} row(s) without an episode number, the first is "
+            f"data row {int(np.argmax(blank)) + 1}"
         )
-    if table["image"].isna().any():
-        raise DataError(f"{path}: {int(table['image'].isna().sum())} row(s) without an image path")
+    table = table.assign(episode=_whole_numbers(table, "episode", path, "an integer"))
+    for column, what in (("role", "a role"), ("image", "an image path"), ("label", "a label")):
+        blank = table[column].isna().to_numpy()
+        if blank.any():
+            raise DataError(
+                f"{_where(path, table, blank)}: {int(blank.sum())} row(s) without {what}"
+            )
+    roles = table["role"].map(str)
+    odd = ~roles.isin(["support", "query"]).to_numpy()
+    if odd.any():
+        raise DataError(
+            f"{_where(path, table, odd)}: role must be 'support' or 'query', "
+            f"found {sorted(set(roles[odd]))}"
+        )
+    labels = _whole_numbers(table, "label", path, "a class index 0..way-1", low=0)
+    table = table.assign(role=roles, label=labels)
+    check_episodes(table, path, head=head)
     images = table["image"].map(
         lambda p: str(p) if os.path.isabs(str(p)) else str(path.parent / str(p))
     )
     absent = [p for p in images if not os.path.isfile(p)]
     if absent:
         raise DataError(f"{path}: {len(absent)} image(s) not found, e.g. {absent[0]}")
-    return table.assign(image=images, label=labels.astype(np.int64))
+    return table.assign(image=images)
+
+
+def check_episodes(
+    table: pd.DataFrame, source: str | os.PathLike[str], *, head: int | None = None
+) -> tuple[int, int, int]:
+    """(way, shot, query) shared by every episode, or a DataError naming the first bad one.
+
+    As in the pipeline (`mamlscope.tasks`), an episode has labels 0..N-1, each with the
+    same number K of support and Q of query rows, and all episodes share N, K and Q:
+    otherwise a label the support never shows would count as a miss, a skipped label
+    would silently widen a fresh head, and unequal classes would weight the accuracy.
+    ``table`` has typed columns (integer episode and label, role support/query).
+    """
+    first: tuple[Any, tuple[int, int, int]] | None = None
+    for episode, rows in table.groupby("episode", sort=True):
+        where = f"{source}: episode {episode}"
+        support = (rows["role"] == "support").to_numpy()
+        labels = rows["label"].to_numpy(np.int64)
+        if not support.any():
+            raise DataError(f"{where}: no support rows, so nothing to adapt on")
+        if support.all():
+            raise DataError(f"{where}: no query rows, so nothing to measure accuracy on")
+        present = np.unique(labels)
+        way = int(present[-1]) + 1
+        if len(present) != way:
+            # The first five missing labels lie below len(present) + 5: no range up to a
+            # label of a billion.
+            gaps = np.setdiff1d(np.arange(min(way, len(present) + 5)), present)
+            listed = _labels(gaps) if way - len(present) <= 5 else f"{_labels(gaps)} and more"
+            raise DataError(
+                f"{where}: labels must be 0..N-1 without gaps; found "
+                f"{_labels(present[:20])}{' and more' if len(present) > 20 else ''}, "
+                f"missing {listed}"
+            )
+        if head is not None and way > head:
+            raise DataError(
+                f"{where}: label {way - 1} is beyond the checkpoint's head, which has "
+                f"{head} outputs (labels 0..{head - 1})"
+            )
+        counts = {
+            "support": np.bincount(labels[support], minlength=way),
+            "query": np.bincount(labels[~support], minlength=way),
+        }
+        for role, count in counts.items():
+            if not count.all():
+                raise DataError(
+                    f"{where}: {role} has no example of {_labels(np.flatnonzero(count == 0))}"
+                )
+        for role, count in counts.items():
+            if (count != count[0]).any():
+                listed = ", ".join(f"label {i}: {n}" for i, n in enumerate(count.tolist()))
+                raise DataError(
+                    f"{where}: {role} rows per label differ ({listed}); every label needs "
+                    "the same number"
+                )
+        shape = (way, int(counts["support"][0]), int(counts["query"][0]))
+        if first is None:
+            first = (episode, shape)
+        elif shape != first[1]:
+            raise DataError(
+                f"{where} is {_shape(shape)}, but episode {first[0]} is {_shape(first[1])}; "
+                "every episode needs the same way, shot and query"
+            )
+    if first is None:
+        raise DataError(f"{source}: the episode table has no rows")
+    way = first[1][0]
+    if head is not None and way != head:
+        raise DataError(
+            f"{source}: {way}-way episodes, but the checkpoint's head has {head} outputs "
+            "(its method adapts an N-way head of its own size)"
+        )
+    return first[1]
+
+
+def _whole_numbers(
+    table: pd.DataFrame, column: str, path: Path, what: str, *, low: int = -_LARGEST
+) -> pd.Series:
+    """``table[column]`` (without blanks) as int64, or a DataError naming a bad value."""
+    raw = table[column]
+    numbers = pd.to_numeric(raw, errors="coerce")
+    bad = ~(
+        numbers.notna() & (numbers >= low) & (numbers < _LARGEST) & (numbers == numbers.round())
+    ).to_numpy()
+    if bad.any():
+        where = path if column == "episode" else _where(path, table, bad)
+        raise DataError(
+            f"{where}: {column} must be {what}, found {pd.unique(raw[bad])[:5].tolist()}"
+        )
+    return numbers.astype(np.int64)
+
+
+def _where(path: Path, table: pd.DataFrame, rows: np.ndarray) -> str:
+    """The file and the episode of the first marked row (episode already checked)."""
+    return f"{path}: episode {table['episode'].iloc[int(np.argmax(rows))]}"
+
+
+def _labels(labels: Any) -> str:
+    labels = [int(i) for i in labels]
+    return f"label {labels[0]}" if len(labels) == 1 else f"labels {labels}"
+
+
+def _shape(shape: tuple[int, int, int]) -> str:
+    return "{}-way {}-shot {}-query".format(*shape)
 
 
 def load_image(path: str, *, size: int, channels: int, invert: bool) -> np.ndarray:
@@ -76,15 +204,25 @@ def episode_batches(
 ) -> Iterator[tuple[torch.Tensor, ...]]:
     """Yield (support_x, support_y, query_x, query_y) over up to batch_size episodes.
 
-    Episodes in one batch must have the same support and query sizes (as in N-way K-shot).
+    Episodes come in ascending episode order, so the i-th episode yielded is the i-th
+    episode number of the table. Episodes in one batch must have the same support and
+    query sizes (as in N-way K-shot). Arguments are checked here, images read lazily.
     """
-    mean, std = ds_cfg["normalize"]["mean"], ds_cfg["normalize"]["std"]
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1; got {batch_size}")
     groups = [g for _, g in table.groupby("episode", sort=True)]
     shapes = {
         (int((g["role"] == "support").sum()), int((g["role"] == "query").sum())) for g in groups
     }
     if len(shapes) != 1:
         raise DataError(f"episodes differ in support/query sizes: {sorted(shapes)}")
+    return _batches(groups, ds_cfg, batch_size, device)
+
+
+def _batches(
+    groups: list[pd.DataFrame], ds_cfg: dict[str, Any], batch_size: int, device: torch.device
+) -> Iterator[tuple[torch.Tensor, ...]]:
+    mean, std = ds_cfg["normalize"]["mean"], ds_cfg["normalize"]["std"]
     for start in range(0, len(groups), batch_size):
         chunk = groups[start : start + batch_size]
         out = []

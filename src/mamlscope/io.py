@@ -1,33 +1,200 @@
-"""Atomic writes and checksums: a failed job must never leave an artifact that looks complete."""
+"""Atomic writes and checksums: a failed job must never leave an artifact that looks complete.
+
+``atomic_path`` yields ``.{name}.XXXXXXXX.tmp/{name}`` beside the target; the caller writes
+a file or a folder there. On success every file and folder written is fsynced, the result
+is renamed onto the target and the parent folder is fsynced, so after a crash or power
+loss the target is the old artifact or the new one, whole.
+
+A folder is never absent while it is replaced: an existing target is *exchanged* with the
+new one in one step (Linux ``renameat2(RENAME_EXCHANGE)``), then the old copy, now inside
+the temporary folder, is deleted. Readers therefore always see a real folder at the target
+path, never a symlink. Where the exchange is unsupported (another OS, or a file system
+without it) the old folder is renamed aside just before the new one is renamed in: a
+window of one ``rename`` call, and the old folder is restored if the second rename fails.
+
+A killed writer leaves its temporary folder behind; the next write of the same target
+deletes such ``.{name}.*`` siblings. A live writer holds an ``flock`` on its temporary
+folder, so a concurrent writer of the same target does not delete it.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import hashlib
 import os
+import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; stale temporaries are removed regardless
+    fcntl = None  # type: ignore[assignment]
+
+_SUFFIX = ".tmp"
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+_UNSUPPORTED = {errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV}
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; rename it onto ``target`` only on success.
+    """Yield a temporary path beside ``target``; move it onto ``target`` only on success.
 
-    Works for files and folders: the caller writes whatever it likes at the yielded path.
+    Works for files and folders: the caller writes whatever it likes at the yielded path
+    (and may use its parent folder, which is private, for scratch). On an exception the
+    old target is untouched and the temporary folder is removed.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    remove_stale_temporaries(target)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=_SUFFIX, dir=target.parent))
+    lock = _try_lock(tmp_dir)
     tmp = tmp_dir / target.name
     try:
         yield tmp
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        fsync_tree(tmp)
+        _move_into_place(tmp, target)
+        fsync_dir(target.parent)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+        _unlock(lock)
+
+
+def remove_stale_temporaries(target: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary folders of ``target`` that no live writer holds; return them.
+
+    Only names ``atomic_path`` makes for this very target match (``.{name}.`` + 8 random
+    characters + optional ``.tmp``), so ``seed1`` never touches the temporaries of ``seed10``.
+    """
+    target = Path(target)
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.[a-z0-9_]{{8}}(?:{re.escape(_SUFFIX)})?")
+    removed = []
+    if not target.parent.is_dir():
+        return removed
+    for entry in target.parent.iterdir():
+        if not pattern.fullmatch(entry.name) or entry.is_symlink() or not entry.is_dir():
+            continue
+        try:
+            lock = _try_lock(entry)
+        except OSError:
+            continue  # vanished meanwhile
+        if lock is None:
+            continue  # a live writer holds it
+        try:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+        finally:
+            _unlock(lock)
+    return removed
+
+
+def _try_lock(folder: Path) -> int | None:
+    """A descriptor of ``folder`` holding an exclusive flock (-1: no locks here); None if
+    another process holds it."""
+    if fcntl is None:
+        return -1
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except OSError:  # a file system without flock: go on unlocked
+        pass
+    return fd
+
+
+def _unlock(fd: int | None) -> None:
+    if fd is not None and fd >= 0:
+        os.close(fd)
+
+
+def fsync_tree(path: str | os.PathLike[str]) -> None:
+    """fsync a file, or every file and folder under a folder, so a rename publishes data."""
+    path = Path(path)
+    if path.is_symlink() or not path.exists():
+        return
+    if not path.is_dir():
+        _fsync_file(path)
+        return
+    for folder, _, files in os.walk(path):
+        for name in files:
+            file = Path(folder) / name
+            if not file.is_symlink():
+                _fsync_file(file)
+        fsync_dir(folder)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(folder: str | os.PathLike[str]) -> None:
+    """fsync a folder's entries (a rename into it survives a crash); a no-op on Windows."""
+    if os.name == "nt":
+        return
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _move_into_place(new: Path, target: Path) -> None:
+    """Rename ``new`` onto ``target``; an old folder stays in place until the new one is in."""
+    folders = new.is_dir() or (target.is_dir() and not target.is_symlink())
+    if not (os.path.lexists(target) and folders):
+        os.replace(new, target)  # atomic for files; rename(2) cannot replace folders
+        return
+    try:
+        exchange(new, target)  # the old one is now at `new`, removed with the temp folder
+        return
+    except OSError as exc:
+        if exc.errno not in _UNSUPPORTED:
+            raise
+    aside = new.with_name(new.name + ".old")
+    os.rename(target, aside)
+    try:
+        os.rename(new, target)
+    except BaseException:
+        os.rename(aside, target)
+        raise
+
+
+_renameat2 = None
+
+
+def exchange(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> None:
+    """Swap two existing paths in one step (Linux renameat2 RENAME_EXCHANGE).
+
+    Raises OSError with errno ENOSYS where the call does not exist, EINVAL where the file
+    system does not support it.
+    """
+    global _renameat2
+    if not sys.platform.startswith("linux"):
+        raise OSError(errno.ENOSYS, "renameat2 is Linux only")
+    if _renameat2 is None:
+        try:
+            func = ctypes.CDLL(None, use_errno=True).renameat2
+        except (AttributeError, OSError) as exc:
+            raise OSError(errno.ENOSYS, f"renameat2 unavailable ({exc})") from exc
+        func.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p]
+        func.argtypes += [ctypes.c_uint]
+        func.restype = ctypes.c_int
+        _renameat2 = func
+    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE):
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), os.fspath(a), None, os.fspath(b))
 
 
 def md5sum(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:

@@ -15,23 +15,24 @@ import numpy as np
 import pandas as pd
 
 import mamlscope
-from mamlscope.errors import ConfigError, DataError
+from mamlscope.config import check_normalize
+from mamlscope.errors import DataError
 from mamlscope.io import atomic_path
+from mamlscope.pools import source_ids
 from mamlscope.sources import RawDataset, read_source, resolve_config
 
 IMAGES, INDEX, META = "images.npy", "index.parquet", "meta.json"
-COLUMNS = ["example_id", "class_id", "class_name", "base_class", "rotation", "group", "origin"]
+COLUMNS = [
+    "example_id",
+    "class_id",
+    "class_name",
+    "base_class",
+    "rotation",
+    "group",
+    "origin",
+    "source_id",
+]
 ROTATIONS = (90, 180, 270)
-
-
-def _check_normalize(name: str, cfg: dict[str, Any]) -> None:
-    norm = cfg["normalize"]
-    for key in ("mean", "std"):
-        if len(norm[key]) not in (1, cfg["channels"]):
-            raise ConfigError(
-                f"datasets.{name}.normalize.{key}: {len(norm[key])} values for "
-                f"{cfg['channels']} channel(s); give 1 or {cfg['channels']}"
-            )
 
 
 def build_index(raw: RawDataset, rotations: bool) -> pd.DataFrame:
@@ -39,6 +40,8 @@ def build_index(raw: RawDataset, rotations: bool) -> pd.DataFrame:
 
     Base classes get ids 0..B-1 in sorted name order; rotation r (1..3) of base class k gets
     r * B + k, so ids are deterministic and `base_class` ties every rotation to its origin.
+    `source_id` is the example id of the unrotated drawing, shared by its rotations, so a
+    split can keep them in one pool.
     """
     names = sorted(set(raw.class_names))
     ids = {n: i for i, n in enumerate(names)}
@@ -60,6 +63,7 @@ def build_index(raw: RawDataset, rotations: bool) -> pd.DataFrame:
         )
     index = pd.concat(blocks, ignore_index=True)
     index.insert(0, "example_id", np.arange(len(index), dtype=np.int64))
+    index["source_id"] = np.tile(np.arange(len(base), dtype=np.int64), len(blocks))
     return index[COLUMNS]
 
 
@@ -75,7 +79,7 @@ def prepare_dataset(
     The folder appears only when all three files are complete (written beside it, renamed).
     """
     cfg = resolve_config(ds_cfg)
-    _check_normalize(name, cfg)
+    check_normalize(cfg["normalize"], cfg["channels"], f"datasets.{name}.")
     out_dir = Path(out_dir)
     raw = read_source(cfg, data_root, show_progress)
     if len(raw) == 0:
@@ -120,17 +124,25 @@ class PreparedDataset:
 
     @classmethod
     def load(cls, folder: str | Path) -> PreparedDataset:
-        """Open a prepared folder without reading the images into memory; check it fits together."""
+        """Open a folder written by `prepare_dataset` (its files by their standard names)."""
         folder = Path(folder)
-        missing = [f for f in (IMAGES, INDEX, META) if not (folder / f).is_file()]
+        return cls.from_files(folder / IMAGES, folder / INDEX, folder / META)
+
+    @classmethod
+    def from_files(cls, images: str | Path, index: str | Path, meta: str | Path) -> PreparedDataset:
+        """Open the three prepared files without reading the images into memory; check
+        they fit together. Errors name the folder of the images file."""
+        paths = {IMAGES: Path(images), INDEX: Path(index), META: Path(meta)}
+        folder = paths[IMAGES].parent
+        missing = [str(p) for p in paths.values() if not p.is_file()]
         if missing:
             raise DataError(
                 f"{folder}: not a prepared dataset, missing {missing}; prepare it again"
             )
         try:
-            images = np.load(folder / IMAGES, mmap_mode="r", allow_pickle=False)
-            index = pd.read_parquet(folder / INDEX)
-            meta = json.loads((folder / META).read_text())
+            images = np.load(paths[IMAGES], mmap_mode="r", allow_pickle=False)
+            index = pd.read_parquet(paths[INDEX])
+            meta = json.loads(paths[META].read_text())
         except (OSError, ValueError, EOFError) as exc:
             raise DataError(
                 f"{folder}: corrupt prepared dataset ({exc}); prepare it again"
@@ -138,7 +150,12 @@ class PreparedDataset:
         problems = []
         if images.ndim != 4 or images.dtype != np.uint8:
             problems.append(f"{IMAGES} is {images.dtype} {images.shape}, not uint8 [N, C, H, W]")
-        if list(index.columns) != COLUMNS:
+        if list(index.columns) == COLUMNS[:-1]:  # written before source_id existed
+            try:
+                index["source_id"] = source_ids(index)
+            except DataError as exc:
+                problems.append(f"{INDEX}: {exc}")
+        if list(index.columns) not in (COLUMNS, COLUMNS[:-1]):
             problems.append(f"{INDEX} has columns {list(index.columns)}, expected {COLUMNS}")
         elif not np.array_equal(index["example_id"].to_numpy(), np.arange(len(index))):
             problems.append(f"{INDEX} example_id is not 0..N-1 in order")

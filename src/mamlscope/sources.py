@@ -28,22 +28,15 @@ from mamlscope.archives import (
     scan_tree,
     tree_root,
 )
+from mamlscope.config import DATA_KEYS, load_schema
 from mamlscope.errors import ConfigError, DataError
 
-#: Schema defaults of a dataset entry (config/schema.yaml), used when a key is absent.
+#: Schema defaults of a dataset's data keys, used when a key is absent: read from the
+#: schema (config/schema.yaml), the one place where defaults are written.
 DEFAULTS: dict[str, Any] = {
-    "root": None,
-    "download": True,
-    "sets": None,
-    "path": None,
-    "levels": 1,
-    "test_images": None,
-    "checksums": {},
-    "image_size": 28,
-    "channels": 1,
-    "invert": False,
-    "rotations": False,
-    "normalize": {"mean": [0.0], "std": [1.0]},
+    key: spec["default"]
+    for key, spec in load_schema()["$defs"]["dataset"]["properties"].items()
+    if key in DATA_KEYS and "default" in spec
 }
 
 OMNIGLOT_DOWNLOADS = {"images_background": True, "images_evaluation": False}

@@ -1,7 +1,8 @@
 """Pools by protocol and fixed evaluation episodes, so every method sees the same data.
 
 A *pool* is the set of examples a stage may touch: ``train`` (meta-training or standard
-training), ``val`` (model selection) and ``test`` (the reported numbers). Evaluation
+training), ``val`` (model selection) and ``test`` (the reported numbers); they are made
+in :mod:`mamlscope.pools` (``make_pools`` is re-exported here). Evaluation
 episodes are drawn once, written to disk and shared by every method, so differences in
 accuracy come from the methods and not from the luck of the draw.
 
@@ -23,191 +24,23 @@ import pandas as pd
 
 from mamlscope.errors import ConfigError, DataError
 from mamlscope.io import atomic_path
+from mamlscope.pools import POOLS, example_pool_sizes, make_pools, source_ids
 
-POOLS = ("train", "val", "test")
+__all__ = [
+    "POOLS",
+    "check_episode_budget",
+    "check_way_shot",
+    "example_pool_sizes",
+    "make_episodes",
+    "make_pools",
+    "pool_table",
+    "source_ids",
+    "write_split",
+]
+
 _POOL_KEY = {"train": 1, "val": 2, "test": 3}
-_INDEX_COLUMNS = (
-    "example_id",
-    "class_id",
-    "class_name",
-    "base_class",
-    "rotation",
-    "group",
-    "origin",
-)
 # Random keys per episode chunk in make_episodes; bounds memory (8 bytes each).
 _KEYS_PER_CHUNK = 1 << 22
-
-
-def _require_columns(index: pd.DataFrame, columns: tuple[str, ...]) -> None:
-    missing = [c for c in columns if c not in index.columns]
-    if missing:
-        raise DataError(f"index table lacks column(s) {missing}; has {list(index.columns)}")
-    if len(index) == 0:
-        raise DataError("index table is empty: the prepared dataset holds no examples")
-
-
-def _count(split_cfg: Mapping[str, Any], key: str, default: int | None) -> int:
-    """A class count from the config: a whole number (``20.0`` is accepted as 20)."""
-    value = split_cfg.get(key, default)
-    if value is None:
-        raise ConfigError(
-            f"split.{key}: required for protocol 'classes' (the number of base classes)"
-        )
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != int(value):
-        raise ConfigError(
-            f"split.{key}: protocol 'classes' counts base classes; got {value!r}, "
-            "expected a whole number"
-        )
-    if value < 0 or (key == "train" and value < 1):
-        raise ConfigError(
-            f"split.{key}: must be at least {1 if key == 'train' else 0}; got {value}"
-        )
-    return int(value)
-
-
-def _fraction(split_cfg: Mapping[str, Any], key: str, default: float, low_open: bool) -> float:
-    value = split_cfg.get(key, default)
-    if value is None:
-        value = default
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if not ok or not ((0 < value) if low_open else (0 <= value)) or not value < 1:
-        interval = "(0, 1)" if low_open else "[0, 1)"
-        raise ConfigError(
-            f"split.{key}: protocol 'examples' takes a fraction of each class's examples "
-            f"in {interval}; got {value!r}"
-        )
-    return float(value)
-
-
-def make_pools(index: pd.DataFrame, split_cfg: Mapping[str, Any], seed: int) -> pd.DataFrame:
-    """Assign every example to ``train``, ``val`` or ``test`` by the split protocol.
-
-    ``classes``: base classes (all rotations together) are shuffled and the first
-    ``split.train`` go to train, the next ``split.val`` (default 0) to val, the rest to
-    test. With ``keep_groups`` the *groups* (alphabets) are shuffled instead and whole
-    groups go to train until its base-class count reaches or exceeds ``split.train``, then
-    to val likewise, the rest to test; so train and val may hold a few more classes than
-    asked, never fewer.
-
-    ``examples``: every class is in every pool. Per class the examples are shuffled and
-    cut at ``round(train * n)`` and ``round((train + val) * n)`` (defaults 0.6, 0.2; test
-    gets the rest). With ``test_origin`` the examples of that origin are the test pool and
-    the others are cut per class at ``round(train / (train + val) * n)`` into train and val.
-
-    Returns a table ``example_id``, ``pool`` sorted by ``example_id``. Checks the whole
-    config before drawing anything, so a bad key fails fast with its name.
-    """
-    _require_columns(index, _INDEX_COLUMNS)
-    protocol = split_cfg.get("protocol")
-    table = index.sort_values("example_id", kind="stable").reset_index(drop=True)
-    rng = np.random.default_rng(seed)
-    if protocol == "classes":
-        pool = _class_pools(table, split_cfg, rng)
-    elif protocol == "examples":
-        pool = _example_pools(table, split_cfg, rng)
-    else:
-        raise ConfigError(f"split.protocol: expected 'classes' or 'examples'; got {protocol!r}")
-    return pd.DataFrame(
-        {"example_id": table["example_id"].to_numpy(np.int64), "pool": np.asarray(POOLS)[pool]}
-    )
-
-
-def _class_pools(
-    table: pd.DataFrame, split_cfg: Mapping[str, Any], rng: np.random.Generator
-) -> np.ndarray:
-    if split_cfg.get("test_origin"):
-        raise ConfigError("split.test_origin: only used by protocol 'examples'")
-    train = _count(split_cfg, "train", None)
-    val = _count(split_cfg, "val", 0)
-    base = table["base_class"].to_numpy(np.int64)
-    classes = np.unique(base)
-    available = len(classes)
-    if train >= available:
-        raise ConfigError(
-            f"split.train: asks for {train} base classes but the dataset has only {available} "
-            "(and at least one must be left for test)"
-        )
-    if train + val >= available:
-        raise ConfigError(
-            f"split.val: asks for {val} base classes but only {available - train} remain after "
-            f"{train} train classes, and at least one must be left for test "
-            f"({available} available in all)"
-        )
-    if split_cfg.get("keep_groups"):
-        groups_per_class = table.groupby("base_class", sort=True)["group"].nunique()
-        if (groups_per_class > 1).any():
-            bad = int(groups_per_class[groups_per_class > 1].index[0])
-            raise DataError(f"base class {bad} spans several groups; keep_groups needs one each")
-        class_group = table.drop_duplicates("base_class").set_index("base_class")["group"]
-        groups = np.unique(class_group.to_numpy().astype(str))
-        order = groups[rng.permutation(len(groups))]
-        sizes = class_group.astype(str).value_counts().reindex(order).to_numpy()
-        filled = np.cumsum(sizes)
-        # Groups up to and including the one where the running count reaches the target.
-        n_train = int(np.searchsorted(filled, train)) + 1
-        n_val = int(np.searchsorted(filled, filled[n_train - 1] + val)) + 1 if val else n_train
-        if n_val >= len(order):
-            raise ConfigError(
-                f"split.keep_groups: whole groups for {train} train and {val} val base classes "
-                f"use all {len(order)} groups ({available} classes), leaving none for test; "
-                "lower split.train or split.val"
-            )
-        group_pool = pd.Series(0, index=order)
-        group_pool.iloc[n_train:n_val] = 1
-        group_pool.iloc[n_val:] = 2
-        class_pool = class_group.astype(str).map(group_pool)
-    else:
-        shuffled = classes[rng.permutation(available)]
-        class_pool = pd.Series(2, index=shuffled)
-        class_pool.iloc[:train] = 0
-        class_pool.iloc[train : train + val] = 1
-    return class_pool.reindex(base).to_numpy(np.int64)
-
-
-def _example_pools(
-    table: pd.DataFrame, split_cfg: Mapping[str, Any], rng: np.random.Generator
-) -> np.ndarray:
-    if split_cfg.get("keep_groups"):
-        raise ConfigError("split.keep_groups: only used by protocol 'classes'")
-    train = _fraction(split_cfg, "train", 0.6, low_open=True)
-    val = _fraction(split_cfg, "val", 0.2, low_open=False)
-    origin = split_cfg.get("test_origin")
-    n = len(table)
-    pool = np.full(n, 2, dtype=np.int64)
-    if origin is None:
-        if train + val >= 1:
-            raise ConfigError(
-                f"split.val: train + val = {train + val:g} leaves no test examples; "
-                "make split.train + split.val less than 1"
-            )
-        rest = np.ones(n, dtype=bool)
-        cut_train, cut_val = train, train + val
-    else:
-        origins = table["origin"].astype(str).to_numpy()
-        available = sorted(set(origins))
-        if origin not in available:
-            raise ConfigError(
-                f"split.test_origin: no examples have origin {origin!r}; available: {available}"
-            )
-        rest = origins != origin
-        if not rest.any():
-            raise ConfigError(
-                f"split.test_origin: every example has origin {origin!r}, none left for train"
-            )
-        cut_train, cut_val = train / (train + val), 1.0
-    idx = np.flatnonzero(rest)
-    cls = table["class_id"].to_numpy(np.int64)[idx]
-    keys = rng.random(len(idx))
-    order = np.lexsort((keys, cls))  # by class, shuffled within class
-    _, inverse, counts = np.unique(cls[order], return_inverse=True, return_counts=True)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    rank = np.arange(len(order)) - starts[inverse]
-    size = counts[inverse]
-    b_train = np.floor(cut_train * size + 0.5)
-    b_val = np.floor(cut_val * size + 0.5)
-    pool[idx[order]] = np.where(rank < b_train, 0, np.where(rank < b_val, 1, 2))
-    return pool
 
 
 def _pool_classes(index: pd.DataFrame, pools: pd.DataFrame, pool: str) -> pd.DataFrame:
@@ -321,11 +154,17 @@ def make_episodes(
     )
 
 
+def _episode_value(episodes_cfg: Mapping[str, Any], key: str) -> Any:
+    """A key of the validated ``episodes`` section (the schema fills the defaults)."""
+    if key not in episodes_cfg:
+        raise ConfigError(
+            f"episodes.{key}: required (validate the config first: the schema fills defaults)"
+        )
+    return episodes_cfg[key]
+
+
 def _episode_keys(episodes_cfg: Mapping[str, Any]) -> tuple[int, int, int]:
-    for key in ("way", "shot"):
-        if key not in episodes_cfg:
-            raise ConfigError(f"episodes.{key}: required")
-    return episodes_cfg["way"], episodes_cfg["shot"], episodes_cfg.get("query", 15)
+    return tuple(_episode_value(episodes_cfg, k) for k in ("way", "shot", "query"))  # type: ignore[return-value]
 
 
 def check_episode_budget(
@@ -366,7 +205,7 @@ def write_split(
         if pool == "val" and not (pools["pool"] == "val").any():
             tables[pool] = _empty_episodes()
             continue
-        count = episodes_cfg.get(f"{pool}_episodes", 100 if pool == "val" else 600)
+        count = _episode_value(episodes_cfg, f"{pool}_episodes")
         tables[pool] = make_episodes(
             index, pools, pool, way=way, shot=shot, query=query, count=count, seed=seed
         )

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mamlscope.config import check_normalize
 from mamlscope.errors import ConfigError, DataError
 from mamlscope.splits import check_way_shot, pool_table
 
@@ -64,11 +65,7 @@ def _affine(
             t = torch.tensor(value, dtype=torch.float32).reshape(-1)
             if key == "std" and bool((t <= 0).any()):
                 raise ConfigError(f"normalize.std: must be positive; got {t.tolist()}")
-        if t.numel() not in (1, channels):
-            raise ConfigError(
-                f"normalize.{key}: {t.numel()} values for {channels} channel(s); "
-                "give one value or one per channel"
-            )
+        check_normalize({key: t}, channels)
         out.append(t.to(device).expand(channels).reshape(channels, 1, 1))
     mean_t, std_t = out
     return 1.0 / (255.0 * std_t), mean_t / std_t

@@ -11,8 +11,8 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,11 +22,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from mamlscope.checkpoint import ModelSpec, save_checkpoint
+from mamlscope.config import METHODS
 from mamlscope.errors import ConfigError
-from mamlscope.evaluate import evaluate_maml
+from mamlscope.evaluate import evaluate_maml, plain_accuracy
 from mamlscope.io import atomic_path
 from mamlscope.maml import meta_step
 from mamlscope.prepared import PreparedDataset
+from mamlscope.runtime import resolve_device, seed_everything, set_threads
 from mamlscope.tasks import TaskSampler, configured_episodes, images_to_tensor, normalize_batch
 
 log = logging.getLogger("mamlscope")
@@ -38,25 +40,7 @@ def _progress(iterable=None, **kwargs):  # type: ignore[no-untyped-def]
     return tqdm(iterable, mininterval=0.1 if interactive else 30, **kwargs)
 
 
-METHODS = ("baseline", "maml", "fomaml", "maml-fd")
 MAML_ORDER = {"maml": "second", "fomaml": "first", "maml-fd": "finite-difference"}
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """`auto` is CUDA when present, else CPU; anything else is taken as a torch device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device: '{name}' asked for, but CUDA is not available here")
-    return device
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch and numpy and ask for deterministic kernels, so CPU runs repeat bit for bit."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 @dataclass
@@ -164,27 +148,6 @@ def train_baseline(
     return TrainResult(model=model, spec=spec, metrics=metrics.frame())
 
 
-@torch.no_grad()
-def plain_accuracy(
-    model: torch.nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    ids: np.ndarray,
-    mean: list[float],
-    std: list[float],
-    device: torch.device,
-    batch_size: int = 1024,
-) -> tuple[float, float]:
-    """Loss and accuracy of a classifier in eval mode on the given example ids."""
-    model.eval()
-    total_loss, hits = 0.0, 0
-    for batch in torch.as_tensor(ids).to(device).split(batch_size):
-        logits = model(normalize_batch(images[batch], mean, std))
-        total_loss += F.cross_entropy(logits, labels[batch], reduction="sum").item()
-        hits += (logits.argmax(-1) == labels[batch]).sum().item()
-    return total_loss / len(ids), hits / len(ids)
-
-
 def train_maml(
     data: PreparedDataset,
     pools: pd.DataFrame,
@@ -223,6 +186,8 @@ def train_maml(
     params = dict(model.named_parameters())
     metrics = _Metrics()
     order = MAML_ORDER[method]
+    # Only maml-fd reads fd_epsilon (its training section carries it, the others' do not).
+    fd = {"fd_epsilon": cfg["fd_epsilon"]} if order == "finite-difference" else {}
     bar = _progress(range(1, cfg["meta_steps"] + 1), desc=method, disable=not progress)
     for step in bar:
         support_x, support_y, query_x, query_y = sampler.sample(cfg["meta_batch"])
@@ -235,8 +200,8 @@ def train_maml(
             inner_lr=cfg["inner_lr"],
             inner_steps=cfg["inner_steps"],
             order=order,
-            fd_epsilon=cfg["fd_epsilon"],
             strategy=cfg["strategy"],
+            **fd,
         )
         for name, grad in result.grads.items():
             params[name].grad = grad
@@ -259,36 +224,50 @@ def train_maml(
 
 def run_training(
     *,
-    data_dir: str | os.PathLike[str],
-    split_dir: str | os.PathLike[str],
-    ds_cfg: dict[str, Any],
+    images: str | os.PathLike[str],
+    index: str | os.PathLike[str],
+    meta: str | os.PathLike[str],
+    pools: str | os.PathLike[str],
+    val_episodes: str | os.PathLike[str] | None = None,
+    config: Mapping[str, Any],
     method: str,
     seed: int,
     device: str,
     checkpoint: str | os.PathLike[str],
     metrics: str | os.PathLike[str],
+    saved_config: Mapping[str, Any] | None = None,
     threads: int | None = None,
     progress: bool = True,
 ) -> TrainResult:
-    """Train one method on one dataset and seed; write the checkpoint and metrics."""
+    """Train one method on one dataset and seed; write the checkpoint and metrics.
+
+    ``images``, ``index``, ``meta``: the prepared dataset's files; ``pools`` and
+    ``val_episodes`` (MAML only): the seed's split. ``config``: what training reads,
+    `config.train_section` (a whole dataset config works too). The checkpoint records
+    ``saved_config`` (default ``config``): the workflow passes the whole resolved dataset
+    config, so that a standalone checkpoint knows its data and evaluation settings.
+    """
     if method not in METHODS:
         raise ConfigError(f"unknown method '{method}'; use one of {list(METHODS)}")
-    if threads:
-        torch.set_num_threads(threads)
+    if method != "baseline" and val_episodes is None:
+        raise ConfigError(f"method '{method}' validates on episodes: give val_episodes")
+    set_threads(threads)
     torch_device = resolve_device(device)
-    data = PreparedDataset.load(data_dir)
-    pools = pd.read_parquet(Path(split_dir) / "pools.parquet")
-    log.info("training %s on %s (seed %d, device %s)", method, data_dir, seed, torch_device)
+    data = PreparedDataset.from_files(images, index, meta)
+    pool_table = pd.read_parquet(pools)
+    log.info("training %s on %s (seed %d, device %s)", method, images, seed, torch_device)
+    cfg = dict(config)
     if method == "baseline":
         result = train_baseline(
-            data, pools, ds_cfg, seed=seed, device=torch_device, progress=progress
+            data, pool_table, cfg, seed=seed, device=torch_device, progress=progress
         )
     else:
-        val = pd.read_parquet(Path(split_dir) / "episodes_val.parquet")
+        val = pd.read_parquet(val_episodes)
         result = train_maml(
-            data, pools, val, ds_cfg, method, seed=seed, device=torch_device, progress=progress
+            data, pool_table, val, cfg, method, seed=seed, device=torch_device, progress=progress
         )
-    save_checkpoint(checkpoint, result.model, result.spec, method=method, seed=seed, config=ds_cfg)
+    saved = dict(saved_config if saved_config is not None else config)
+    save_checkpoint(checkpoint, result.model, result.spec, method=method, seed=seed, config=saved)
     with atomic_path(metrics) as tmp:
         result.metrics.assign(method=method, seed=seed).to_parquet(tmp, index=False)
     return result
