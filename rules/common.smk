@@ -2,6 +2,7 @@
 # params and resources. Plain Python and no rules here (`snakemake --lint` wants them apart).
 import mamlscope.config as msc
 from mamlscope.prepared import IMAGES, INDEX, META
+from mamlscope.splits import POOLS_FILE, TEST_EPISODES, VAL_EPISODES
 
 # Validate before any job runs; defaults are filled in place so rules see them.
 config.update(msc.validate_config(config))

@@ -27,9 +27,9 @@ rule split_dataset:
     input:
         index=rules.prepare_dataset.output.index,
     output:
-        pools="results/{dataset}/split/seed{seed}/pools.parquet",
-        val="results/{dataset}/split/seed{seed}/episodes_val.parquet",
-        test="results/{dataset}/split/seed{seed}/episodes_test.parquet",
+        pools=f"results/{{dataset}}/split/seed{{seed}}/{POOLS_FILE}",
+        val=f"results/{{dataset}}/split/seed{{seed}}/{VAL_EPISODES}",
+        test=f"results/{{dataset}}/split/seed{{seed}}/{TEST_EPISODES}",
     params:
         split=split_params,
     log:

@@ -503,3 +503,28 @@ def test_baseline_accuracy_is_the_same_for_every_batch_size(capsys, checkpoints,
         assert code == 0, err
         means[batch] = json.loads(out)["mean"]
     assert means["1"] == means["7"] == means["50"], means
+
+
+# --- BatchNorm evaluation modes -----------------------------------------------------------
+
+
+def test_the_batchnorm_mode_is_reported_and_changes_maml_numbers(capsys, checkpoints, tables):
+    results = {}
+    for mode in ("transductive", "support"):
+        code, out, err = evaluate(
+            capsys, checkpoints["maml"]["path"], tables["csv"], "--batchnorm", mode, "--json"
+        )
+        assert code == 0, err
+        results[mode] = json.loads(out)
+        assert results[mode]["batchnorm"] == mode
+    assert results["transductive"]["mean"] == pytest.approx(checkpoints["maml"]["row"]["mean"])
+    assert results["transductive"]["mean"] != results["support"]["mean"]
+    code, out, _ = evaluate(capsys, checkpoints["baseline"]["path"], tables["csv"], "--json")
+    assert code == 0 and json.loads(out)["batchnorm"] == "running"
+
+
+def test_an_unknown_batchnorm_mode_is_one_line(capsys, checkpoints, tables):
+    code, _, err = evaluate(
+        capsys, checkpoints["maml"]["path"], tables["csv"], "--batchnorm", "tasknorm"
+    )
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "tasknorm" in err

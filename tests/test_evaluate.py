@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from mamlscope.evaluate import evaluate_finetune, features_of, summarize
+from mamlscope.evaluate import summarize
+from mamlscope.finetune import evaluate_finetune, features_of
 
 
 def test_interval_is_196_std_over_sqrt_n():
@@ -144,3 +145,32 @@ def test_finetune_all_is_seeded_and_starts_from_the_batched_head(fc_model):
         evaluate_finetune(fc_model, subset, seed=3, finetune_all=True, **still),
         evaluate_finetune(fc_model, subset, seed=3, **still),
     )
+
+
+def one_query_episodes(episodes: int = 6, way: int = 5) -> tuple[torch.Tensor, ...]:
+    """Episodes of 8x8 images with one support image per class and a single query."""
+    gen = torch.Generator().manual_seed(0)
+    support_x = torch.randn(episodes, way, 1, 8, 8, generator=gen)  # [E, N*K, C, H, W]
+    support_y = torch.arange(way).repeat(episodes, 1)  # [E, N]
+    labels = torch.randint(way, (episodes,), generator=gen)  # [E]
+    query_x = support_x[torch.arange(episodes), labels].unsqueeze(1)  # [E, 1, C, H, W]
+    query_x = query_x + 0.1 * torch.randn(query_x.shape, generator=gen)
+    return support_x, support_y, query_x, labels.unsqueeze(1)
+
+
+def test_transductive_maml_evaluation_refuses_fewer_queries_than_classes():
+    """One query per episode: its own batch statistics erase it, whatever the image."""
+    from mamlscope.errors import ConfigError
+    from mamlscope.evaluate import evaluate_maml
+    from mamlscope.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("fc", (1, 8, 8), 5, hidden=[16])
+    batch = one_query_episodes()
+    with pytest.raises(ConfigError, match="1 queries for 5 classes.*use batchnorm 'support'"):
+        evaluate_maml(model, [batch], inner_lr=0.4, inner_steps=3)
+    hits = evaluate_maml(model, [batch], inner_lr=0.4, inner_steps=3, batchnorm="support")
+    assert hits.shape == (6,) and set(np.unique(hits)) <= {0.0, 1.0}
+    # The query is a noisy copy of its class's support image: adapting on the support set
+    # and normalising with its statistics recognises most of them.
+    assert hits.mean() >= 0.5

@@ -115,7 +115,8 @@ def test_evaluation_json_and_parquet(runs, tiny_digits, method):
     table = pd.read_parquet(folder / "evaluation.parquet")
     assert len(table) == 1
     assert "per_episode" not in table.columns and "config" not in table.columns
-    for key in ("mean", "ci95", "std", "episodes", "method", "seed", "way", "device"):
+    assert summary["batchnorm"] == ("running" if method == "baseline" else "transductive")
+    for key in ("mean", "ci95", "std", "episodes", "method", "seed", "way", "device", "batchnorm"):
         value = table.loc[0, key]
         if isinstance(value, float):
             assert value == pytest.approx(summary[key])
@@ -161,8 +162,9 @@ def test_gather_runs_concatenates_rows_and_writes_markdown(runs, tmp_path):
         assert "| digits8 |" in line and "5-way 1-shot" in line
         assert f"{mean:.2f} +- " in line
         cells = [c.strip() for c in line.strip("|").split("|")]
-        assert len(cells) == 6
+        assert len(cells) == 7
         assert (cells[-1] == "") == (method != "baseline")  # plain accuracy: baseline only
+        assert cells[4] == ("running" if method == "baseline" else "transductive")
 
 
 def test_gather_runs_over_two_seeds_keeps_every_row(runs, tmp_path):
@@ -272,8 +274,8 @@ def test_eval_batchnorm_reaches_the_maml_evaluation(runs, tiny_digits, tmp_path)
     evaluate(tiny_digits, runs["maml"]["folder"] / "model.pt", tmp_path, "maml", settings)
     summary = json.loads((tmp_path / "evaluation.json").read_text())
     before = json.loads((runs["maml"]["folder"] / "evaluation.json").read_text())
-    assert summary["evaluation"]["batchnorm"] == "support"
-    assert before["evaluation"]["batchnorm"] == "transductive"
+    assert summary["evaluation"]["batchnorm"] == summary["batchnorm"] == "support"
+    assert before["evaluation"]["batchnorm"] == before["batchnorm"] == "transductive"
     assert summary["per_episode"] != before["per_episode"]
 
 

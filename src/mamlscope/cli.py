@@ -10,6 +10,9 @@ from typing import TYPE_CHECKING, NoReturn
 
 from mamlscope.errors import ConfigError, MamlscopeError
 
+# The modes of mamlscope.maml.BATCHNORM_MODES, spelled here so `--help` needs no torch import.
+BATCHNORM_MODES = ("transductive", "support")
+
 if TYPE_CHECKING:
     import torch
 
@@ -78,11 +81,19 @@ def _evaluate(args: argparse.Namespace) -> int:
     batches = episode_batches(table, ckpt.config, batch_size=args.batch, device=device)
     # A standalone checkpoint is evaluated as its saved config says, on the table's way.
     settings = replace(EvalSettings.from_config(ckpt.config, ckpt.method), way=way)
-    accuracy = summarize(evaluate_checkpoint_on(ckpt, batches, settings))
+    if args.batchnorm is not None and ckpt.method != "baseline":
+        settings = replace(settings, batchnorm=args.batchnorm)
+    episode_ids = sorted(int(e) for e in table["episode"].unique())
+    per_episode = evaluate_checkpoint_on(ckpt, batches, settings, episode_ids=episode_ids)
+    accuracy = summarize(per_episode)
     if args.json:
-        print(json.dumps({"method": ckpt.method, **accuracy.as_dict()}))
+        print(
+            json.dumps(
+                {"method": ckpt.method, "batchnorm": settings.batchnorm_used, **accuracy.as_dict()}
+            )
+        )
     else:
-        print(f"{ckpt.method}: accuracy {accuracy}")
+        print(f"{ckpt.method}: accuracy {accuracy}, BatchNorm {settings.batchnorm_used}")
     return 0
 
 
@@ -100,6 +111,15 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--episodes", required=True, help="the episode table (.parquet/.csv)")
     evaluate.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     evaluate.add_argument("--batch", type=int, default=50, help="episodes adapted together")
+    evaluate.add_argument(
+        "--batchnorm",
+        choices=BATCHNORM_MODES,
+        default=None,
+        help="MAML only: how queries are normalised. transductive: with the statistics of "
+        "the episode's queries together (Finn et al.); support: each query with the "
+        "support set's statistics, independent of the other queries. Default: the "
+        "checkpoint's maml.eval_batchnorm",
+    )
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
     evaluate.set_defaults(func=_evaluate)
     try:

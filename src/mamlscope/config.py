@@ -333,8 +333,8 @@ MAML_TRAIN_KEYS = (
     "test_inner_steps",
     "eval_batch",
 )
-# TODO(strategy): evaluation adapts with the `vmap` strategy whatever `maml.strategy` says;
-# add "strategy" here once `evaluate.evaluate_maml` takes it.
+# Evaluation adapts with the `vmap` strategy whatever `maml.strategy` says (the fastest for
+# its many inner steps, docs/benchmarks.md), so `strategy` is a training key only.
 MAML_EVAL_KEYS = ("inner_lr", "test_inner_steps", "eval_batch", "eval_batchnorm")
 METHODS = ("baseline", "maml", "fomaml", "maml-fd")
 
@@ -388,8 +388,8 @@ def evaluate_section(ds: Mapping[str, Any], method: str) -> dict[str, Any]:
     """The keys that decide a run's evaluation on the fixed test episodes, nested as in
     the config (what `evaluate.EvalSettings.from_config` reads).
 
-    Both: the episode shape and `maml.eval_batch` (episodes per batch; the baseline's
-    fresh heads are initialised per batch, so it decides the baseline's numbers too).
+    Both: the episode shape and `maml.eval_batch` (episodes per batch: it changes no
+    number, since the baseline's heads are seeded per episode, but the job batches by it).
     baseline: `finetune_*`. MAML flavours: `inner_lr`, `test_inner_steps` and
     `eval_batchnorm`.
     """

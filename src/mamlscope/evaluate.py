@@ -6,7 +6,6 @@ Accuracy is reported as the mean over episodes with a 95% interval,
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -19,22 +18,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mamlscope import __version__
 from mamlscope.checkpoint import Checkpoint, load_checkpoint
 from mamlscope.config import evaluate_section
 from mamlscope.errors import ConfigError
+from mamlscope.finetune import Batch, evaluate_finetune, plain_accuracy
 from mamlscope.io import atomic_path
 from mamlscope.maml import adapt_and_predict
 from mamlscope.prepared import PreparedDataset
 from mamlscope.runtime import resolve_device, set_threads
-from mamlscope.tasks import images_to_tensor, iterate_episodes, normalize_batch
+from mamlscope.tasks import images_to_tensor, iterate_episodes
 
 log = logging.getLogger("mamlscope")
-
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 @dataclass
@@ -105,137 +102,19 @@ def evaluate_maml(
     return np.concatenate(accuracies)
 
 
-def features_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The penultimate activations: every child of the model but its `head`."""
-    for name, layer in model.named_children():
-        if name == "head":
-            break
-        x = layer(x)
-    return x.flatten(1)
-
-
-def evaluate_finetune(
-    model: nn.Module,
-    batches: Iterable[Batch],
-    *,
-    way: int,
-    steps: int,
-    lr: float,
-    finetune_all: bool = False,
-    seed: int = 0,
-    episode_ids: Sequence[int] | None = None,
-) -> np.ndarray:
-    """Per-episode accuracy of "pretrain, then fine-tune a fresh N-way head".
-
-    The pretrained body runs in eval mode (its running statistics). Heads of all episodes
-    in a batch are trained together as one batched linear map, so there is no loop over
-    episodes; with ``finetune_all`` every layer is fine-tuned per episode instead, one
-    episode at a time from a copy of the pretrained weights.
-
-    Each episode's fresh head is drawn from (``seed``, episode number), the number being
-    ``episode_ids[i]`` for the i-th episode fed, or ``i`` without them. Episodes' losses
-    are independent and Adam is elementwise, so an episode's accuracy depends neither on
-    the batch size nor on the other episodes.
-    """
-    model.eval()
-    accuracies = []
-    fed = 0
-    for support_x, support_y, query_x, query_y in batches:
-        episodes, n_support = support_y.shape
-        numbers = _episode_numbers(fed, episodes, episode_ids)
-        fed += episodes
-        if finetune_all:
-            accuracies.append(
-                _finetune_all(
-                    model,
-                    (support_x, support_y, query_x, query_y),
-                    numbers,
-                    way=way,
-                    steps=steps,
-                    lr=lr,
-                    seed=seed,
-                )
-            )
-            continue
-        with torch.no_grad():
-            fs = features_of(model, support_x.flatten(0, 1)).unflatten(0, (episodes, n_support))
-            fq = features_of(model, query_x.flatten(0, 1)).unflatten(0, (episodes, -1))
-        weight = torch.stack([_fresh_head(seed, n, way, fs.shape[-1]) for n in numbers]).to(fs)
-        weight.requires_grad_(True)
-        bias = torch.zeros(episodes, 1, way, device=fs.device, requires_grad=True)
-        optimizer = torch.optim.Adam([weight, bias], lr=lr)
-        for _ in range(steps):
-            logits = torch.baddbmm(bias, fs, weight.transpose(1, 2))  # [E, N*K, way]
-            # Sum over episodes of each episode's mean loss: each head sees its own gradient.
-            loss = F.cross_entropy(logits.flatten(0, 1), support_y.flatten(), reduction="sum")
-            optimizer.zero_grad()
-            (loss / n_support).backward()
-            optimizer.step()
-        with torch.no_grad():
-            logits = torch.baddbmm(bias, fq, weight.transpose(1, 2))  # [E, N*Q, way]
-            accuracies.append((logits.argmax(-1) == query_y).float().mean(-1).cpu().numpy())
-    return np.concatenate(accuracies)
-
-
-def _episode_numbers(fed: int, episodes: int, episode_ids: Sequence[int] | None) -> list[int]:
-    """Numbers of the next ``episodes`` episodes after ``fed`` of them."""
-    if episode_ids is None:
-        return list(range(fed, fed + episodes))
-    if fed + episodes > len(episode_ids):
-        raise ValueError(f"more episodes fed than the {len(episode_ids)} episode_ids given")
-    return [int(n) for n in episode_ids[fed : fed + episodes]]
-
-
-def _fresh_head(seed: int, episode: int, way: int, features: int) -> torch.Tensor:
-    """The initial head weight [way, features] of one episode, from (seed, episode) alone.
-
-    A generator per episode (SeedSequence spawn keys keep the streams independent), so
-    the draw does not depend on which other episodes share the batch. Bias starts at 0.
-    """
-    state = np.random.SeedSequence(seed, spawn_key=(episode,)).generate_state(1, np.uint64)[0]
-    generator = torch.Generator().manual_seed(int(state))
-    return torch.randn(way, features, generator=generator) * 0.01
-
-
-def _finetune_all(
-    model: nn.Module,
-    batch: Batch,
-    numbers: Sequence[int],
-    *,
-    way: int,
-    steps: int,
-    lr: float,
-    seed: int,
-) -> np.ndarray:
-    """Per episode, fine-tune every layer of a copy, from the batched path's fresh head."""
-    support_x, support_y, query_x, query_y = batch
-    out = []
-    for e, number in enumerate(numbers):
-        local = copy.deepcopy(model)
-        head = nn.utils.skip_init(nn.Linear, local.head.in_features, way)  # no global RNG
-        with torch.no_grad():
-            head.weight.copy_(_fresh_head(seed, number, way, head.in_features))
-            head.bias.zero_()
-        local.head = head.to(support_x.device)
-        local.eval()  # keep the pretrained normalisation statistics fixed
-        optimizer = torch.optim.Adam(local.parameters(), lr=lr)
-        for _ in range(steps):
-            loss = F.cross_entropy(local(support_x[e]), support_y[e])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        with torch.no_grad():
-            out.append((local(query_x[e]).argmax(-1) == query_y[e]).float().mean().item())
-    return np.asarray(out)
-
-
 def evaluate_checkpoint_on(
-    checkpoint: Checkpoint, batches: Iterable[Batch], settings: EvalSettings
+    checkpoint: Checkpoint,
+    batches: Iterable[Batch],
+    settings: EvalSettings,
+    *,
+    episode_ids: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Per-episode accuracy of a checkpoint by its own method, with the given settings.
 
     The settings come from the config at evaluation time (the workflow) or from the
-    checkpoint's saved config (`mamlscope evaluate`); see `EvalSettings`.
+    checkpoint's saved config (`mamlscope evaluate`); see `EvalSettings`. ``episode_ids``
+    (ascending, as the batches come) seed the baseline's fresh heads, so an episode scores
+    the same whichever other episodes are evaluated with it.
     """
     if settings.method != checkpoint.method:
         raise ConfigError(
@@ -251,6 +130,7 @@ def evaluate_checkpoint_on(
             lr=settings.finetune_lr,
             finetune_all=settings.finetune_all,
             seed=checkpoint.seed,
+            episode_ids=episode_ids,
         )
     return evaluate_maml(
         checkpoint.model,
@@ -287,6 +167,12 @@ class EvalSettings:
     inner_steps: int | None = None  # maml.test_inner_steps
     batchnorm: str = "transductive"  # maml.eval_batchnorm
 
+    @property
+    def batchnorm_used(self) -> str:
+        """How BatchNorm normalised the queries: the MAML mode, or the baseline's
+        ``"running"`` statistics of standard training."""
+        return "running" if self.method == "baseline" else self.batchnorm
+
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], method: str) -> EvalSettings:
         """From a dataset's resolved config or its evaluation section (same nesting)."""
@@ -315,27 +201,6 @@ class EvalSettings:
             inner_steps=maml["test_inner_steps"],
             batchnorm=maml["eval_batchnorm"],
         )
-
-
-@torch.no_grad()
-def plain_accuracy(
-    model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    ids: np.ndarray,
-    mean: list[float],
-    std: list[float],
-    device: torch.device,
-    batch_size: int = 1024,
-) -> tuple[float, float]:
-    """Loss and accuracy of a classifier in eval mode on the given example ids."""
-    model.eval()
-    total_loss, hits = 0.0, 0
-    for batch in torch.as_tensor(ids).to(device).split(batch_size):
-        logits = model(normalize_batch(images[batch], mean, std))
-        total_loss += F.cross_entropy(logits, labels[batch], reduction="sum").item()
-        hits += (logits.argmax(-1) == labels[batch]).sum().item()
-    return total_loss / len(ids), hits / len(ids)
 
 
 def run_evaluation(
@@ -377,7 +242,8 @@ def run_evaluation(
         batch_size=settings.batch,
         device=torch_device,
     )
-    per_episode = evaluate_checkpoint_on(ckpt, batches, settings)
+    episode_ids = np.unique(episodes["episode"].to_numpy(np.int64))  # ascending, as batched
+    per_episode = evaluate_checkpoint_on(ckpt, batches, settings, episode_ids=episode_ids)
     accuracy = summarize(per_episode)
     plain = _plain_test_accuracy(ckpt, data, pd.read_parquet(pools), tensor, torch_device)
     row: dict[str, Any] = {
@@ -387,6 +253,7 @@ def run_evaluation(
         "way": settings.way,
         "shot": settings.shot,
         "query": settings.query,
+        "batchnorm": settings.batchnorm_used,
         **accuracy.as_dict(),
         "test_accuracy": plain,
         "device": str(torch_device),

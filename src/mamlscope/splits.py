@@ -26,6 +26,13 @@ from mamlscope.errors import ConfigError, DataError
 from mamlscope.io import atomic_path
 from mamlscope.pools import POOLS, example_pool_sizes, make_pools, source_ids
 
+# The files of one seed's split folder (the workflow's rules name them from here too).
+POOLS_FILE, VAL_EPISODES, TEST_EPISODES = (
+    "pools.parquet",
+    "episodes_val.parquet",
+    "episodes_test.parquet",
+)
+
 __all__ = [
     "POOLS",
     "check_episode_budget",
@@ -212,9 +219,9 @@ def write_split(
     with atomic_path(out_dir) as tmp:
         tmp = Path(tmp)
         tmp.mkdir()
-        pools.to_parquet(tmp / "pools.parquet", index=False)
-        for pool, table in tables.items():
-            table.to_parquet(tmp / f"episodes_{pool}.parquet", index=False)
+        pools.to_parquet(tmp / POOLS_FILE, index=False)
+        tables["val"].to_parquet(tmp / VAL_EPISODES, index=False)
+        tables["test"].to_parquet(tmp / TEST_EPISODES, index=False)
 
 
 def _empty_episodes() -> pd.DataFrame:

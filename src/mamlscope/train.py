@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 from mamlscope.checkpoint import ModelSpec, save_checkpoint
 from mamlscope.config import METHODS
 from mamlscope.errors import ConfigError
-from mamlscope.evaluate import evaluate_maml, plain_accuracy
+from mamlscope.evaluate import evaluate_maml
+from mamlscope.finetune import plain_accuracy
 from mamlscope.io import atomic_path
 from mamlscope.maml import meta_step
 from mamlscope.prepared import PreparedDataset
