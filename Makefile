@@ -1,20 +1,23 @@
-# Quick start: `make run` (the default experiment) and `make test` (the test suite).
-# Both create .venv on first use with the package and its test extra installed.
+# Quick start: `make run` (the default experiment, ending with its report) and `make test`
+# (the test suite). Both create .venv on first use with the package and its test and
+# report extras installed.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= all
 
-.PHONY: run test dry-run benchmark clean
+.PHONY: run test test-slurm dry-run benchmark clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,report]'
 	touch $@
 
+# Ends with the report: results/report/report.html (papermill, then nbconvert).
 run: $(BIN)/.installed
 	$(BIN)/snakemake --cores $(CORES)
+	@echo "The report: $(CURDIR)/results/report/report.html"
 
 dry-run: $(BIN)/.installed
 	$(BIN)/snakemake -n
@@ -23,6 +26,11 @@ test: $(BIN)/.installed
 	$(BIN)/ruff check src tests scripts benchmarks
 	$(BIN)/ruff format --check src tests scripts benchmarks
 	$(BIN)/python -m pytest -q
+
+# profiles/slurm on a real one-node SLURM on localhost (root; installs slurm-wlm and munge
+# with apt-get when missing; stops its daemons at the end). CI runs it after `test`.
+test-slurm: $(BIN)/.installed
+	PYTHON=$(BIN)/python bash tests/slurm/run_slurm_test.sh
 
 # The meta-step benchmark against higher and a per-task loop (docs/benchmarks.md);
 # e.g. BENCH_ARGS="--device cpu --settings 5w1s-32t-1step-second" to run part of it.

@@ -12,9 +12,16 @@ if not workflow.overwrite_configfiles:
     configfile: "config.yaml"
 
 
+# `snakemake --report results/report.zip`: Snakemake's own report (rules mark their
+# outputs with report()); the notebook report is results/report/report.html.
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/train.smk"
+include: "rules/features.smk"
+include: "rules/report.smk"
 
 
 rule all:

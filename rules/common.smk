@@ -1,15 +1,39 @@
 # Config validation (schema plus checks on disk) and the functions the rules ask for their
 # params and resources. Plain Python and no rules here (`snakemake --lint` wants them apart).
+import os
+
+import mamlscope.cluster
 import mamlscope.config as msc
 from mamlscope.prepared import IMAGES, INDEX, META
 from mamlscope.splits import POOLS_FILE, TEST_EPISODES, VAL_EPISODES
 
 # Validate before any job runs; defaults are filled in place so rules see them.
+mamlscope.cluster.parse_flags(config)  # the profile's `config: [cluster_gpu=true]` is text
 config.update(msc.validate_config(config))
 
 DATASETS = list(config["datasets"])
 SEEDS = [str(s) for s in config["seeds"]]
 METHODS = list(config["methods"])
+
+# Short jobs that `cluster_localrules: true` (profiles/slurm) runs inside Snakemake on the
+# login node instead of submitting them. Add a short rule by its name here.
+LOCAL_RULES = [
+    "prepare_dataset",
+    "split_dataset",
+    "summarize_runs",
+    "choose_probe",
+    "plot_features",
+    "compare_methods",
+    "summarize_head_only",
+]
+if config["cluster_localrules"]:
+    workflow.localrules(*LOCAL_RULES)
+
+
+# On SLURM (a real run, in the submitting process only): a status command that fails stops
+# the run instead of a silent endless wait, and long waits print a line (mamlscope.cluster).
+onstart:
+    mamlscope.cluster.on_start(workflow, config)
 
 
 wildcard_constraints:
@@ -48,11 +72,34 @@ def evaluate_params(wildcards):
 
 
 def gpu_resources(wildcards):
-    """One GPU for training and evaluation when the configured device is CUDA (the SLURM
-    profile asks for it)."""
-    return 1 if config["device"].startswith("cuda") else 0
+    """One GPU for training and evaluation when the configured device is CUDA, or `auto`
+    on a cluster with GPUs (`cluster_gpu`, which profiles/slurm sets); `cpu` never."""
+    return 1 if mamlscope.cluster.wants_gpu(config) else 0
+
+
+def feature_targets():
+    """Every feature study: per dataset and seed the side-by-side figures and CKA (which
+    pull in every model's activations and figures), and the head-only table."""
+    per_seed = [
+        *rules.compare_methods.output,
+        *rules.cka.output,
+    ]
+    return [
+        *expand(per_seed, dataset=DATASETS, seed=SEEDS),
+        *rules.summarize_head_only.output,
+    ]
 
 
 def all_targets():
-    """Everything the default target asks for: the run table, which pulls in every run."""
-    return rules.summarize_runs.output
+    """Everything the default target asks for: the run table (which pulls in every run),
+    every feature study, and the report, which gathers them all."""
+    return [*rules.summarize_runs.output, *feature_targets(), *rules.report.output]
+
+
+# The report's inputs (rules/report.smk).
+
+
+def workflow_sources(wildcards):
+    """Every file the Snakefile includes: what, with it, the rule graph is drawn from."""
+    paths = (os.path.relpath(f.get_path_or_uri(secret_free=False)) for f in workflow.included)
+    return sorted(p for p in paths if p != os.path.relpath(workflow.main_snakefile))

@@ -66,7 +66,9 @@ rule summarize_runs:
         ),
     output:
         table="results/runs.parquet",
-        markdown="results/runs.md",
+        markdown=report(
+            "results/runs.md", caption="../report/captions/runs.rst", category="Runs"
+        ),
     log:
         "results/logs/summarize_runs.log",
     conda:

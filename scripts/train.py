@@ -22,4 +22,8 @@ with logged(sm.log[0]):
         # a param, so that edits training does not read do not retrain.
         saved_config=sm.config["datasets"][sm.wildcards.dataset],
         threads=sm.threads,
+        # How often to write the resume state (.resume/ beside the checkpoint): read here,
+        # not a param, since it changes no result and must rerun nothing.
+        resume_every_steps=sm.config["resume_every_steps"],
+        resume_every_seconds=sm.config["resume_every_seconds"],
     )

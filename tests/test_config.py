@@ -281,3 +281,35 @@ def test_normalisation_check_is_one_rule_with_one_message(tmp_path):
         normalize_batch(torch.zeros(1, 3, 2, 2, dtype=torch.uint8), bad["mean"], bad["std"])
     assert str(config_err.value) == str(prepare_err.value) == "datasets.d." + expected
     assert str(tasks_err.value) == expected
+
+
+@pytest.mark.parametrize(
+    ("neurons", "message"),
+    [
+        (
+            [{"layer": "bn7", "unit": 0}],
+            r"features.neurons.0.layer: 'bn7' is not a layer .*'relu4'",
+        ),
+        (
+            [{"layer": "bn3", "unit": 0}, {"layer": "bn4", "unit": 64}],
+            r"neurons.1.unit: 64 .* 64 units",
+        ),
+    ],
+)
+def test_feature_neurons_must_exist_in_the_network(neurons, message):
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["features"] = {"neurons": neurons}
+    with pytest.raises(ConfigError, match=message):
+        validate_config(cfg)
+
+
+def test_feature_neurons_default_to_the_last_two_batchnorm_layers():
+    from mamlscope.features.plots import chosen_neurons
+    from mamlscope.models import build_model
+
+    cfg = validate_config(yaml.safe_load((REPO / "config.yaml").read_text()))
+    assert cfg["features"]["neurons"] is None
+    model = build_model("conv4", (1, 28, 28), 5)
+    assert chosen_neurons(model, None) == [{"layer": "bn3", "unit": 0}, {"layer": "bn4", "unit": 0}]
+    small = build_model("fc", (1, 8, 8), 5, hidden=[16])
+    assert chosen_neurons(small, None) == [{"layer": "bn1", "unit": 0}]

@@ -190,8 +190,12 @@ def test_activation_parquet_round_trip(tmp_path) -> None:
 
 def test_activation_frame_rejects_bad_rows() -> None:
     ok = {"fc1": np.zeros((3, 2))}
-    with pytest.raises(DataError, match="episode must be -1"):
-        activations_frame(ok, [0, 1, 2], [0, 0, 0], stage="meta", episode=2)
+    with pytest.raises(DataError, match="episode must be >= -1 for stage 'meta'"):
+        activations_frame(ok, [0, 1, 2], [0, 0, 0], stage="meta", episode=-2)
+    with pytest.raises(DataError, match=">= 0 for stage 'adapted'"):
+        activations_frame(ok, [0, 1, 2], [0, 0, 0], stage="adapted", episode=-1)
+    meta_of_episode = activations_frame(ok, [0, 1, 2], [0, 0, 0], stage="meta", episode=2)
+    assert set(meta_of_episode["episode"]) == {2}  # an episode's images before adaptation
     with pytest.raises(DataError, match="stage must be one of"):
         activations_frame(ok, [0, 1, 2], [0, 0, 0], stage="final", episode=2)
     with pytest.raises(ValueError, match="summarise"):

@@ -165,3 +165,35 @@ def test_batch_statistics_context_forces_batch_stats_and_writes_no_buffer(traini
     no_stats = build_model("conv4", (1, 14, 14), 3, filters=4, running_stats=False)
     no_stats.load_state_dict(model.state_dict(), strict=False)
     torch.testing.assert_close(out, no_stats.eval()(x))
+
+
+def test_held_gates_replay_the_recorded_relu_masks_and_max_pool_choices() -> None:
+    """Recorded at x, held at x + d: the net is x's linearisation through its gates; the
+    record is replayed exactly once per forward, and a mismatch is an error."""
+    from mamlscope.models import hold_gates, record_gates
+
+    torch.manual_seed(0)
+    model = build_model("conv4-maxpool", (1, 16, 16), 3, filters=4)
+    x = torch.randn(5, 1, 16, 16)
+    with batch_statistics():
+        out = model(x)
+        gates = record_gates(lambda: model(x))
+        assert len(gates) == 8  # 4 ReLU masks, 4 pool index maps
+        assert gates[0].dtype == x.dtype and gates[1].dtype == torch.int64
+        with hold_gates(gates):
+            torch.testing.assert_close(model(x), out, rtol=0, atol=0)  # same point: same net
+        far = x + 3 * torch.randn_like(x)
+        with hold_gates(gates):
+            held = model(far)
+        assert not torch.allclose(held, model(far))  # the free net switched gates
+        relu = model.relu1
+        h = torch.randn(4, 6)
+        mask = (torch.randn(4, 6) > 0).to(h.dtype)
+        with hold_gates((mask,)):
+            torch.testing.assert_close(relu(h), h * mask, rtol=0, atol=0)
+        with pytest.raises(RuntimeError, match="more gated layers"), hold_gates(gates[:1]):
+            model(x)
+        with pytest.raises(RuntimeError, match="8 patterns recorded, 1 used"):
+            with hold_gates(gates):
+                relu(torch.randn_like(gates[0]))
+    assert isinstance(relu, nn.ReLU) and isinstance(model.pool1, nn.MaxPool2d)

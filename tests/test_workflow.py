@@ -159,56 +159,72 @@ datasets:
 model: {arch: fc, hidden: [16]}
 baseline: {epochs: 1, batch_size: 64, finetune_steps: 5}
 maml: {meta_batch: 2, meta_steps: 3, val_every: 3, test_inner_steps: 2, eval_batch: 20}
+features: {probe_images: 40, adapt_episodes: 2, maximise_steps: 4,
+           neurons: [{layer: bn1, unit: 0}, {layer: relu1, unit: 3}]}
 """
 MAML = ("maml", "fomaml", "maml-fd")
+# What reruns after a model's training, or after only its evaluation settings, change:
+# the feature studies read the checkpoint, and extraction adapts as evaluation does.
+AFTER_TRAIN = ("train", "evaluate", "extract_activations", "plot_features", "head_only")
+AFTER_EVALUATION = ("evaluate", "extract_activations", "plot_features", "head_only")
+# Jobs that gather every model of a dataset and seed (or all of them), by what feeds them.
+GATHERS = {
+    "evaluate": "summarize_runs",
+    "head_only": "summarize_head_only",
+    "plot_features": "compare_methods",
+    "extract_activations": "cka",
+}
 
 
 def _jobs(rule_methods: dict[str, tuple[str, ...]]) -> list[tuple[str, str]]:
     return sorted((rule, m) for rule, methods in rule_methods.items() for m in methods)
 
 
+def _model_jobs(rules: tuple[str, ...], methods: tuple[str, ...]) -> list[tuple[str, str]]:
+    """Those rules for those methods, every gathering job they feed, and the report (it
+    reads every result and shows the config, so every edit here reruns it)."""
+    gathers = {GATHERS[r]: ("",) for r in rules if r in GATHERS}
+    return _jobs({**{r: methods for r in rules}, **gathers, "report": ("",)})
+
+
 # Each edit of the tiny config, and every job it reruns (summarize_runs gathers every run).
 RERUNS = {
     "nothing": ("", []),
-    # Only MAML trains for meta-steps: the three MAML runs retrain and re-evaluate.
-    "maml.meta_steps": (
-        "meta_steps: 3,/meta_steps: 4,",
-        _jobs({"train": MAML, "evaluate": MAML, "summarize_runs": ("",)}),
-    ),
-    # Fine-tuning is evaluation only: the baseline is re-evaluated, nothing retrains.
+    # Only MAML trains for meta-steps: the three MAML runs retrain, and all after them.
+    "maml.meta_steps": ("meta_steps: 3,/meta_steps: 4,", _model_jobs(AFTER_TRAIN, MAML)),
+    # Fine-tuning is evaluation only (and the baseline's adapted activations): nothing
+    # retrains.
     "baseline.finetune_steps": (
         "finetune_steps: 5/finetune_steps: 6",
-        _jobs({"evaluate": ("baseline",), "summarize_runs": ("",)}),
+        _model_jobs(AFTER_EVALUATION, ("baseline",)),
     ),
-    "baseline.epochs": (
-        "epochs: 1/epochs: 2",
-        _jobs({"train": ("baseline",), "evaluate": ("baseline",), "summarize_runs": ("",)}),
-    ),
+    "baseline.epochs": ("epochs: 1/epochs: 2", _model_jobs(AFTER_TRAIN, ("baseline",))),
     # New test episodes are a new split: everything downstream of it reruns.
     "episodes.test_episodes": (
         "test_episodes: 20/test_episodes: 21",
-        _jobs(
-            {
-                "split_dataset": ("",),
-                "train": ("baseline", *MAML),
-                "evaluate": ("baseline", *MAML),
-                "summarize_runs": ("",),
-            }
+        sorted(
+            _model_jobs(AFTER_TRAIN, ("baseline", *MAML))
+            + [("split_dataset", ""), ("choose_probe", "")]
         ),
     ),
     # Validation during MAML training adapts with test_inner_steps, so its metrics change:
     # MAML retrains as well as re-evaluates (config.MAML_TRAIN_KEYS).
     "maml.test_inner_steps": (
         "test_inner_steps: 2/test_inner_steps: 3",
-        _jobs({"train": MAML, "evaluate": MAML, "summarize_runs": ("",)}),
+        _model_jobs(AFTER_TRAIN, MAML),
     ),
     "maml.fd_epsilon": (
         "eval_batch: 20}/eval_batch: 20, fd_epsilon: 1.0e-7}",
-        _jobs({"train": ("maml-fd",), "evaluate": ("maml-fd",), "summarize_runs": ("",)}),
+        _model_jobs(AFTER_TRAIN, ("maml-fd",)),
     ),
     "maml.eval_batchnorm": (
         "eval_batch: 20}/eval_batch: 20, eval_batchnorm: support}",
-        _jobs({"evaluate": MAML, "summarize_runs": ("",)}),
+        _model_jobs(AFTER_EVALUATION, MAML),
+    ),
+    # The figures' settings redraw the figures only.
+    "features.extremes": (
+        "maximise_steps: 4,/maximise_steps: 4, extremes: 5,",
+        _model_jobs(("plot_features",), ("baseline", *MAML)),
     ),
 }
 
@@ -242,3 +258,42 @@ def test_an_edit_reruns_only_the_jobs_that_read_it(tiny_results: Path, edit: str
     result = snakemake("-n", "--cores", "1", "--configfile", name, cwd=tiny_results)
     assert result.returncode == 0, result.stdout + result.stderr
     assert planned_jobs(result.stdout) == expected, result.stdout[-3000:]
+
+
+@pytest.mark.workflow
+@pytest.mark.slow
+def test_the_feature_studies_of_every_model_are_produced(tiny_results: Path):
+    from PIL import Image
+
+    from mamlscope.features.activations import read_activations
+    from mamlscope.features.plots import FIGURES
+
+    results = tiny_results / "results" / "digits8"
+    probe = pd.read_parquet(results / "split/seed0/probe.parquet")
+    assert len(probe) == 40 and probe["class_id"].value_counts().max() <= 4  # 10 classes
+    for method in ("baseline", *MAML):
+        model = results / method / "seed0"
+        frame = read_activations(model / "activations.parquet")
+        assert list(dict.fromkeys(frame["layer"])) == ["fc1", "bn1", "relu1", "head"]
+        probe_rows = frame[frame["episode"] == -1]
+        assert set(probe_rows["example_id"]) == set(probe["example_id"])  # the same probe
+        assert set(frame["episode"]) == {-1, 0, 1}  # the probe and 2 adapted episodes
+        assert set(frame.loc[frame["episode"] >= 0, "stage"]) == {"meta", "adapted"}
+        for name in FIGURES:
+            with Image.open(model / "figures" / f"{name}.png") as image:
+                assert image.width > 200 and image.height > 100
+    compare = results / "compare" / "seed0"
+    for name in (*FIGURES, "cka_methods", "cka_adaptation"):
+        with Image.open(compare / f"{name}.png") as image:
+            assert image.width > 300, name
+    cka = pd.read_parquet(compare / "cka.parquet")
+    assert set(cka["stage"]) == {"meta", "adaptation"}
+    assert set(cka.loc[cka["stage"] == "meta", "model_b"]) == set(MAML)
+    assert len(cka[cka["stage"] == "meta"]) == 3 * 4 * 4  # every pair of the 4 layers
+    base = cka[(cka["stage"] == "adaptation") & (cka["model_a"] == "baseline")]
+    # The baseline's body does not change in adaptation: only its head is new.
+    assert base.set_index("layer_a").loc[["fc1", "bn1", "relu1"], "cka"].min() > 0.999999
+    head_only = pd.read_parquet(tiny_results / "results" / "head_only.parquet")
+    assert len(head_only) == 1 + 2 * len(MAML)  # the baseline's row, full and head for MAML
+    assert set(head_only.loc[head_only["method"] == "maml", "adaptation"]) == {"full", "head"}
+    assert (tiny_results / "results" / "head_only.md").read_text().count("head only") == 4

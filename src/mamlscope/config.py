@@ -118,7 +118,51 @@ def validate_config(config: Mapping[str, Any], *, check_paths: bool = True) -> d
         raise ConfigError("invalid config:\n" + "\n".join(lines))
     for name, ds in cfg["datasets"].items():
         _check_dataset(name, ds, Path(cfg["data_root"]), check_paths)
+        if cfg["features"]["neurons"] is not None:
+            _check_neurons(name, ds, cfg["features"]["neurons"])
     return cfg
+
+
+def _check_neurons(name: str, ds: Mapping[str, Any], neurons: list[dict[str, Any]]) -> None:
+    """Each `features.neurons` entry names a layer of this dataset's network and a unit in it."""
+    from mamlscope.models import build_model  # torch is only needed for this check
+
+    model_cfg, size = ds["model"], ds["image_size"]
+    try:
+        model = build_model(
+            model_cfg["arch"],
+            (ds["channels"], size, size),
+            ds["episodes"]["way"],
+            hidden=model_cfg["hidden"],
+            filters=model_cfg["filters"],
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"datasets.{name}.model: {exc}") from exc
+    widths = _layer_widths(model)
+    for i, neuron in enumerate(neurons):
+        layer, unit = neuron["layer"], neuron["unit"]
+        if layer not in widths:
+            raise ConfigError(
+                f"features.neurons.{i}.layer: {layer!r} is not a layer of dataset {name}'s "
+                f"{model_cfg['arch']} network; its layers are {list(widths)}"
+            )
+        if widths[layer] is not None and unit >= widths[layer]:
+            raise ConfigError(
+                f"features.neurons.{i}.unit: {unit} is out of range for layer {layer!r} of "
+                f"dataset {name}'s network, which has {widths[layer]} units"
+            )
+
+
+def _layer_widths(model: Any) -> dict[str, int]:
+    """Units (features or channels) of each layer's output; ReLU and pooling keep their
+    input's."""
+    out, width = {}, None
+    for layer, module in model.named_children():
+        own = getattr(module, "num_features", getattr(module, "out_features", None))
+        own = getattr(module, "out_channels", own)
+        width = own if own is not None else width
+        out[layer] = width
+    return out
 
 
 def check_normalize(stats: Mapping[str, Sized], channels: int, where: str = "") -> None:

@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -202,6 +202,24 @@ class EvalSettings:
             batchnorm=maml["eval_batchnorm"],
         )
 
+    def batches(
+        self, images: torch.Tensor, episodes: pd.DataFrame, data: PreparedDataset
+    ) -> Iterator[Batch]:
+        """The fixed ``episodes`` as batches of :attr:`batch` episodes, normalised as
+        ``data`` says, on the device of ``images`` (uint8 ``[N, C, H, W]``)."""
+        mean, std = data.normalize
+        return iterate_episodes(
+            images,
+            episodes,
+            way=self.way,
+            shot=self.shot,
+            query=self.query,
+            mean=mean,
+            std=std,
+            batch_size=self.batch,
+            device=images.device,
+        )
+
 
 def run_evaluation(
     *,
@@ -229,19 +247,8 @@ def run_evaluation(
     ckpt = load_checkpoint(checkpoint, torch_device)
     data = PreparedDataset.from_files(images, index, meta)
     episodes = pd.read_parquet(test_episodes)
-    mean, std = data.normalize
     tensor = images_to_tensor(data.images, torch_device)
-    batches = iterate_episodes(
-        tensor,
-        episodes,
-        way=settings.way,
-        shot=settings.shot,
-        query=settings.query,
-        mean=mean,
-        std=std,
-        batch_size=settings.batch,
-        device=torch_device,
-    )
+    batches = settings.batches(tensor, episodes, data)
     episode_ids = np.unique(episodes["episode"].to_numpy(np.int64))  # ascending, as batched
     per_episode = evaluate_checkpoint_on(ckpt, batches, settings, episode_ids=episode_ids)
     accuracy = summarize(per_episode)

@@ -76,10 +76,38 @@ def evaluate_finetune(
         with torch.no_grad():
             fs = features_of(model, support_x.flatten(0, 1)).unflatten(0, (episodes, n_support))
             fq = features_of(model, query_x.flatten(0, 1)).unflatten(0, (episodes, -1))
-        weight = torch.stack([_fresh_head(seed, n, way, fs.shape[-1]) for n in numbers]).to(fs)
-        weight.requires_grad_(True)
-        bias = torch.zeros(episodes, 1, way, device=fs.device, requires_grad=True)
-        optimizer = torch.optim.Adam([weight, bias], lr=lr)
+        weight, bias = fit_heads(
+            fs, support_y, way=way, steps=steps, lr=lr, seed=seed, numbers=numbers
+        )
+        with torch.no_grad():
+            logits = torch.baddbmm(bias, fq, weight.transpose(1, 2))  # [E, N*Q, way]
+            accuracies.append((logits.argmax(-1) == query_y).float().mean(-1).cpu().numpy())
+    return np.concatenate(accuracies)
+
+
+def fit_heads(
+    support_features: torch.Tensor,
+    support_y: torch.Tensor,
+    *,
+    way: int,
+    steps: int,
+    lr: float,
+    seed: int,
+    numbers: Sequence[int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fresh N-way heads fitted with Adam on each episode's support features, all at once.
+
+    ``support_features`` ``[E, N*K, F]``, ``support_y`` ``[E, N*K]``; ``numbers`` are the
+    episodes' numbers that seed their initial heads. Returns ``weight`` ``[E, way, F]`` and
+    ``bias`` ``[E, 1, way]``, detached.
+    """
+    episodes, n_support = support_y.shape
+    fs = support_features
+    weight = torch.stack([_fresh_head(seed, n, way, fs.shape[-1]) for n in numbers]).to(fs)
+    weight.requires_grad_(True)
+    bias = torch.zeros(episodes, 1, way, device=fs.device, requires_grad=True)
+    optimizer = torch.optim.Adam([weight, bias], lr=lr)
+    with torch.enable_grad():
         for _ in range(steps):
             logits = torch.baddbmm(bias, fs, weight.transpose(1, 2))  # [E, N*K, way]
             # Sum over episodes of each episode's mean loss: each head sees its own gradient.
@@ -87,10 +115,7 @@ def evaluate_finetune(
             optimizer.zero_grad()
             (loss / n_support).backward()
             optimizer.step()
-        with torch.no_grad():
-            logits = torch.baddbmm(bias, fq, weight.transpose(1, 2))  # [E, N*Q, way]
-            accuracies.append((logits.argmax(-1) == query_y).float().mean(-1).cpu().numpy())
-    return np.concatenate(accuracies)
+    return weight.detach(), bias.detach()
 
 
 def _episode_numbers(fed: int, episodes: int, episode_ids: Sequence[int] | None) -> list[int]:

@@ -27,6 +27,12 @@ fused kernel's double backward; ``tests/test_maml.py`` checks that on every stra
   leak a traced value, so MAML models are built with ``running_stats=False`` and
   :mod:`mamlscope.maml` runs every forward inside :func:`batch_statistics`, which never
   writes buffers, whatever the model.
+
+Held gates
+----------
+The ReLU and max-pool layers are :class:`mamlscope.gates.ReLU` and
+:class:`mamlscope.gates.MaxPool2d`, which can replay a recorded pattern (maml-fd's central
+differences rely on it; re-exported here with :func:`record_gates` and :func:`hold_gates`).
 """
 
 from __future__ import annotations
@@ -41,6 +47,16 @@ from torch import nn
 from torch.func import functional_call
 
 from mamlscope.errors import ConfigError
+from mamlscope.gates import (  # noqa: F401  (re-exported: the layers' gate mechanism)
+    Gates,
+    MaxPool2d,
+    ReLU,
+    gated_max_pool2d,
+    gated_relu,
+    hold_gates,
+    record_gates,
+    unheld_kinks,
+)
 
 ARCHS = ("fc", "conv4", "conv4-maxpool")
 FC_HIDDEN_DEFAULT = [256, 128, 64, 64]
@@ -258,7 +274,7 @@ def _fc(in_features: int, num_classes: int, hidden: list[int], running_stats: bo
     for i, h in enumerate(hidden, start=1):
         layers[f"fc{i}"] = (FlattenLinear if i == 1 else nn.Linear)(width, h)
         layers[f"bn{i}"] = BatchNorm1d(h, track_running_stats=running_stats)
-        layers[f"relu{i}"] = nn.ReLU()
+        layers[f"relu{i}"] = ReLU()
         width = h
     layers["head"] = nn.Linear(width, num_classes)
     return Network(layers, arch="fc")
@@ -274,10 +290,10 @@ def _conv4(
         stride = 1 if maxpool else 2
         layers[f"conv{i}"] = nn.Conv2d(channels, filters, 3, stride=stride, padding=1)
         layers[f"bn{i}"] = BatchNorm2d(filters, track_running_stats=running_stats)
-        layers[f"relu{i}"] = nn.ReLU()
+        layers[f"relu{i}"] = ReLU()
         channels = filters
         if maxpool:
-            layers[f"pool{i}"] = nn.MaxPool2d(2)
+            layers[f"pool{i}"] = MaxPool2d(2)
             height, width = height // 2, width // 2
         else:
             height, width = (height + 1) // 2, (width + 1) // 2

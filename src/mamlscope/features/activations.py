@@ -17,10 +17,13 @@ example_id int64               row of ``images.npy`` / ``index.parquet``
 label      int64               the dataset's ``class_id`` (probe) or the episode label
 stage      string              ``meta`` (the trained weights) or ``adapted`` (after the
                                inner loop on one episode's support set)
-episode    int64               the episode adapted on; ``-1`` for the ``meta`` stage
+episode    int64               the test episode whose images these are (``-1``: the probe
+                               set, stage ``meta`` only)
 layer      string              child name in the network, e.g. ``fc2``, ``relu3``
-values     list<float32>       the activation vector; every row of a layer has the same
-                               length (conv layers: channel means, see :func:`summarise`)
+values     list<float32>       the activation vector; every row of one (layer, stage) has
+                               the same length (conv layers: channel means, see
+                               :func:`summarise`; the baseline's ``head`` after adaptation
+                               is its fresh N-way head)
 ========== =================== ==========================================================
 
 Rows are grouped by layer, one Parquet row group per layer, so reading one layer
@@ -217,20 +220,22 @@ def _validate(frame: pd.DataFrame) -> None:
         raise DataError(f"stage must be one of {list(STAGES)}; got {sorted(stages - set(STAGES))}")
     episode = frame["episode"].to_numpy(np.int64)
     is_meta = frame["stage"].to_numpy() == "meta"
-    if (episode[is_meta] != -1).any() or (episode[~is_meta] < 0).any():
-        raise DataError("episode must be -1 for stage 'meta' and >= 0 for stage 'adapted'")
+    if (episode[is_meta] < -1).any() or (episode[~is_meta] < 0).any():
+        raise DataError("episode must be >= -1 for stage 'meta' and >= 0 for stage 'adapted'")
     keys = ["layer", "stage", "episode", "example_id"]
     if frame.duplicated(keys).any():
         raise DataError(f"activation frame repeats a ({', '.join(keys)}) combination")
 
 
 def _layer_table(rows: pd.DataFrame, layer: str) -> pa.Table:
-    matrix = np.stack(list(rows["values"])).astype(np.float32, copy=False)  # [n, F]
-    if matrix.ndim != 2:
-        raise DataError(f"layer {layer!r}: rows hold values of different lengths")
-    width = matrix.shape[1]
-    offsets = pa.array(np.arange(len(matrix) + 1, dtype=np.int32) * width)
-    values = pa.ListArray.from_arrays(offsets, pa.array(matrix.reshape(-1)))
+    vectors = [np.asarray(v, dtype=np.float32).reshape(-1) for v in rows["values"]]
+    for _, group in rows.groupby("stage", sort=False):
+        if len({len(rows["values"].loc[i]) for i in group.index}) > 1:
+            raise DataError(f"layer {layer!r}: rows of one stage hold values of different lengths")
+    lengths = np.array([len(v) for v in vectors], dtype=np.int64)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+    flat = np.concatenate(vectors) if vectors else np.zeros(0, np.float32)
+    values = pa.ListArray.from_arrays(offsets, pa.array(flat))
     columns = [
         pa.array(rows["example_id"].to_numpy(np.int64)),
         pa.array(rows["label"].to_numpy(np.int64)),

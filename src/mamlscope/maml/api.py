@@ -1,13 +1,12 @@
 """The public entry points: :func:`meta_step`, :func:`meta_gradients`, :func:`adapt_and_predict`.
 
-They check arguments, pick a strategy (:data:`AUTO`), split tasks into chunks where that is
-faster, and run the finite-difference order in float64. The computation itself is one of
-:data:`mamlscope.maml.strategies.STRATEGY_TABLE`.
+They check arguments, pick a strategy (:data:`AUTO`) and split tasks into chunks where that
+is faster. Every order runs in the model's dtype (maml-fd holds ReLU/max-pool gates). The
+computation itself is one of :data:`mamlscope.maml.strategies.STRATEGY_TABLE`.
 """
 
 from __future__ import annotations
 
-import copy
 import functools
 import math
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from mamlscope.errors import ConfigError
 from mamlscope.maml.batched_forward import unsupported_reason
 from mamlscope.maml.inner_loop import Params
 from mamlscope.maml.strategies import STRATEGY_TABLE, MetaOutput
+from mamlscope.models import unheld_kinks
 
 ORDERS = ("second", "first", "finite-difference")
 STRATEGIES = ("auto", *STRATEGY_TABLE)
@@ -34,6 +34,9 @@ AUTO = {
 # Tasks per call of the strategy under "auto" (absent: all tasks at once); on 2 CPU cores
 # chunks of 4 were fastest for conv4 (docs/benchmarks.md).
 AUTO_CHUNK = {"cpu": {"conv": 4}}
+# Norm of maml-fd's perturbation: with gates held, float32 resolves it and the smooth
+# O(r^2) error stays small (measured in docs/benchmarks.md, "maml-fd fidelity and cost").
+FD_EPSILON = 1e-3
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,7 @@ def meta_step(
     inner_lr: float,
     inner_steps: int,
     order: str,
-    fd_epsilon: float = 1e-8,
+    fd_epsilon: float = FD_EPSILON,
     strategy: str = "auto",
 ) -> MetaStepResult:
     """Meta-gradients of the mean post-adaptation query loss, plus that loss and accuracy.
@@ -138,8 +141,11 @@ def meta_step(
 
     ``order``: ``"second"`` (exact, through the inner loop), ``"first"`` (first-order MAML)
     or ``"finite-difference"`` (the exact recursion with Hessian-vector products by central
-    differences of norm ``fd_epsilon``, computed on a float64 copy because a perturbation
-    large enough to resolve in float32 moves ReLUs across their kinks).
+    differences of norm ``fd_epsilon``, in the model's dtype, with the ReLU masks and
+    max-pool choices of the unperturbed point held so that no perturbation crosses a kink;
+    :func:`mamlscope.maml.inner_loop.fd_meta_gradient`). Holding needs this package's
+    ``ReLU``/``MaxPool2d`` (what :func:`mamlscope.models.build_model` makes) or the
+    ``batched`` strategy; otherwise a ``ConfigError``.
     """
     if order not in ORDERS:
         raise ConfigError(f"order must be one of {list(ORDERS)}, got {order!r}")
@@ -148,10 +154,12 @@ def meta_step(
     _check_args(support_x, support_y, query_x, query_y, inner_lr=inner_lr, inner_steps=inner_steps)
     first = next(model.parameters())
     chosen = resolve_strategy(strategy, model, first.device)
-    dtype = first.dtype
-    if order == "finite-difference" and dtype != torch.float64:
-        model = copy.deepcopy(model).double()
-        support_x, query_x = support_x.double(), query_x.double()
+    if order == "finite-difference" and chosen != "batched" and unheld_kinks(model):
+        raise ConfigError(
+            f"order 'finite-difference' with strategy {chosen!r} needs the ReLU and max-pool "
+            f"layers of mamlscope.models to hold their gates; {unheld_kinks(model)} are not "
+            "(use strategy 'batched' or build the model with mamlscope.models)"
+        )
     chunk = None
     if strategy == "auto" and chosen == "batched" and unsupported_reason(model) is None:
         chunk = AUTO_CHUNK.get(first.device.type, {}).get(_kind(model))
@@ -163,7 +171,7 @@ def meta_step(
         fd_epsilon=fd_epsilon,
     )
     out = _in_chunks(meta, chunk, model, support_x, support_y, query_x, query_y)
-    grads = {k: g.detach().to(dtype) for k, g in out.grads.items()}
+    grads = {k: g.detach() for k, g in out.grads.items()}  # the model's dtype
     return MetaStepResult(grads, float(out.loss), float(out.accuracy), chosen)
 
 
@@ -177,7 +185,7 @@ def meta_gradients(
     inner_lr: float,
     inner_steps: int,
     order: str,
-    fd_epsilon: float = 1e-8,
+    fd_epsilon: float = FD_EPSILON,
     strategy: str = "auto",
 ) -> dict[str, torch.Tensor]:
     """Only the gradients of :func:`meta_step` (same arguments), by parameter name."""

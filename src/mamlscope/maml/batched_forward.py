@@ -10,7 +10,9 @@ with ordinary ops, so plain ``torch.autograd.grad`` (with ``create_graph``) diff
 * ``BatchNorm``: batch statistics per task over that task's own batch (and space), or over
   its first rows inside :func:`mamlscope.models.statistics_from_first`; the same
   :func:`mamlscope.models.batch_norm` the per-task model uses;
-* ``ReLU``, ``MaxPool2d``, ``SpatialMean``, ``Flatten``: channel-wise, on the same layouts.
+* ``ReLU``, ``MaxPool2d``, ``SpatialMean``, ``Flatten``: channel-wise, on the same layouts;
+  ReLU masks and max-pool choices follow :func:`mamlscope.models.hold_gates` for every
+  ``nn.ReLU``/``nn.MaxPool2d``, subclass or not.
 
 Two layouts flow between layers: ``"tb"`` = ``[T, B, ...]`` (features, or images before the
 first conv) and ``"bt"`` = ``[B, T*C, H, W]`` (conv activations).
@@ -22,7 +24,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mamlscope.models import BatchNorm, FlattenLinear, SpatialMean, batch_norm, reference_rows
+from mamlscope.models import (
+    BatchNorm,
+    FlattenLinear,
+    SpatialMean,
+    batch_norm,
+    gated_max_pool2d,
+    gated_relu,
+    reference_rows,
+)
 
 _SUPPORTED = (nn.Linear, nn.Conv2d, BatchNorm, nn.ReLU, nn.MaxPool2d, SpatialMean, nn.Flatten)
 
@@ -102,10 +112,10 @@ def batched_forward(
             else:
                 ref = None if rows is None else h[:, :rows]  # [T, rows, F]
                 h = batch_norm(h, w.unsqueeze(1), b.unsqueeze(1), (1,), layer.eps, ref)  # [T, B, F]
-        elif isinstance(layer, nn.ReLU):
-            h = F.relu(h)
+        elif isinstance(layer, nn.ReLU):  # any ReLU: gates can be held here (models.hold_gates)
+            h = gated_relu(h)
         elif isinstance(layer, nn.MaxPool2d):
-            h = layer(h)  # [B, T*C, H/2, W/2], channel-wise
+            h = gated_max_pool2d(layer, h)  # [B, T*C, H/2, W/2], channel-wise
         elif isinstance(layer, SpatialMean):
             n, tc = h.shape[:2]
             h = h.mean(dim=(2, 3)).view(n, tasks, tc // tasks).transpose(0, 1)  # [T, B, C]

@@ -2,7 +2,7 @@
 
 * :func:`inner_loop`: the inner SGD trajectory (Finn et al. 2017, Algorithm 1, lines 6-7);
 * :func:`fd_meta_gradient`: the backward pass through that trajectory with finite-difference
-  Hessian-vector products (the ``"finite-difference"`` order).
+  Hessian-vector products (the ``"finite-difference"`` order), ReLU/max-pool gates held.
 
 Both take a ``grad_fn`` (support-loss gradient at given parameters), so the same code runs
 with ``torch.func.grad`` under ``vmap``, with ``torch.autograd.grad`` per task, and with
@@ -11,10 +11,12 @@ with ``torch.func.grad`` under ``vmap``, with ``torch.autograd.grad`` per task, 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from mamlscope.models import Gates, hold_gates
 
 Params = dict[str, torch.Tensor]
 GradFn = Callable[[Params], Params]
@@ -43,9 +45,11 @@ def _per_task(r: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def _norm(v: Params, task_dim: bool) -> torch.Tensor:
     """Norm over all parameters together: a scalar, or ``[T]`` per task with ``task_dim``."""
-    if task_dim:
-        return sum(p.reshape(p.shape[0], -1).square().sum(1) for p in v.values()).sqrt()  # [T]
-    return sum(p.square().sum() for p in v.values()).sqrt()  # []
+    if task_dim:  # no reshape: weight gradients of bmm can be transposed views (a copy)
+        squares = [torch.linalg.vector_norm(p, dim=tuple(range(1, p.dim()))) for p in v.values()]
+    else:
+        squares = [torch.linalg.vector_norm(p) for p in v.values()]
+    return torch.stack(squares).square().sum(0).sqrt()  # [T] or []
 
 
 def fd_meta_gradient(
@@ -56,6 +60,7 @@ def fd_meta_gradient(
     inner_lr: float,
     fd_epsilon: float,
     task_dim: bool = False,
+    gates: Sequence[Gates] | None = None,
 ) -> Params:
     """``(I - a H_0) ... (I - a H_{K-1}) v`` with ``H_k v`` by central differences.
 
@@ -64,16 +69,28 @@ def fd_meta_gradient(
     ``H v ~ (grad(theta + r v) - grad(theta - r v)) / 2r`` with ``r = fd_epsilon / ||v||``
     per task, so the perturbation has norm ``fd_epsilon`` (DARTS, Liu et al. 2019).
 
-    Central differences are exact to ``O(r^2)`` only where the loss is smooth: with ReLU or
-    max-pool a perturbation that moves a unit across its kink adds an error of order
-    ``1/r`` times the gradient jump; docs/benchmarks.md gives measured errors.
+    ``gates[k]``: the ReLU masks and max-pool choices of the support forward at
+    ``theta_k`` (:func:`mamlscope.models.record_gates`). Both perturbed gradients then run
+    with them held (:func:`mamlscope.models.hold_gates`): no kink is crossed, the
+    piecewise-linear part is exactly linear, and the error is the smooth ``O(r^2)`` part
+    (BatchNorm, softmax), so ``fd_epsilon`` can be large enough for float32 rounding. The
+    limit ``r -> 0`` is the Hessian-vector product autograd differentiates (ReLU'' = 0),
+    wherever no unit sits exactly on its kink. Without ``gates`` a perturbation that moves a
+    unit across its kink adds an error of order ``1/r`` times the gradient jump
+    (docs/benchmarks.md). Fused ops (``addcmul``, in-place differences): on CPU the
+    per-task parameter copies are memory-bound.
     """
-    for theta in reversed(trajectory[:-1]):
+    for k in reversed(range(len(trajectory) - 1)):
+        theta, held = trajectory[k], None if gates is None else gates[k]
         norm = _norm(v, task_dim)  # [] or [T]
         r = fd_epsilon / norm.clamp_min(torch.finfo(norm.dtype).tiny)  # [] or [T]
-        plus = grad_fn({k: p + _per_task(r, p) * v[k] for k, p in theta.items()})
-        minus = grad_fn({k: p - _per_task(r, p) * v[k] for k, p in theta.items()})
-        v = {k: v[k] - inner_lr * (plus[k] - minus[k]) / (2 * _per_task(r, v[k])) for k in theta}
+        with hold_gates(held):
+            plus = grad_fn({n: torch.addcmul(p, _per_task(r, p), v[n]) for n, p in theta.items()})
+        with hold_gates(held):
+            minus = grad_fn({n: torch.addcmul(p, _per_task(-r, p), v[n]) for n, p in theta.items()})
+        scale = -inner_lr / (2 * r)  # [] or [T]
+        diff = {n: plus[n].sub_(minus[n]) for n in theta}  # grad_fn's fresh outputs, no graph
+        v = {n: torch.addcmul(v[n], diff[n], _per_task(scale, v[n])) for n in theta}
     return v
 
 

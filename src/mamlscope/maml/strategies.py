@@ -38,7 +38,7 @@ from mamlscope.maml.inner_loop import (
     inner_loop,
     task_loss_sum,
 )
-from mamlscope.models import functional_forward, statistics_from_first
+from mamlscope.models import Gates, functional_forward, record_gates, statistics_from_first
 
 Forward = Callable[[Params, torch.Tensor], torch.Tensor]  # (params, x [(T,) B, C, H, W])
 
@@ -157,7 +157,15 @@ def vmap_meta(
             g, logits = grad(query, has_aux=True)(trajectory[-1], qx, qy)
             if order == "finite-difference":
                 g = fd_meta_gradient(
-                    grad_fn, trajectory, g, inner_lr=inner_lr, fd_epsilon=fd_epsilon
+                    grad_fn,
+                    trajectory,
+                    g,
+                    inner_lr=inner_lr,
+                    fd_epsilon=fd_epsilon,
+                    gates=[  # a forward of its own: patterns recorded inside grad would leak
+                        record_gates(lambda p=p: functional_forward(model, p, buffers, sx))
+                        for p in trajectory[:-1]
+                    ],
                 )
         accuracy = (logits.argmax(-1) == qy).to(logits.dtype).mean()
         return g, F.cross_entropy(logits, qy), accuracy
@@ -252,7 +260,15 @@ def _autograd_meta(
         )[-1]
         return query_grad(adapted, theta)  # summed over tasks by autograd through expand
     start = _expand({k: p.detach() for k, p in theta.items()}, tasks)
-    trajectory = inner_loop(support_grad, start, inner_lr=inner_lr, inner_steps=inner_steps)
+    gates: list[Gates] = []  # finite differences: the gate pattern of each inner step
+
+    def recording_grad(p: Params) -> Params:
+        out: Params = {}
+        gates.append(record_gates(lambda: out.update(support_grad(p))))
+        return out
+
+    grad_fn = recording_grad if order == "finite-difference" else support_grad
+    trajectory = inner_loop(grad_fn, start, inner_lr=inner_lr, inner_steps=inner_steps)
     last = {k: p.detach().requires_grad_() for k, p in trajectory[-1].items()}
     g, loss, correct = query_grad(last, last)  # row t of g is task t's own gradient
     if order == "finite-difference":
@@ -263,6 +279,7 @@ def _autograd_meta(
             inner_lr=inner_lr,
             fd_epsilon=fd_epsilon,
             task_dim=tasks is not None,
+            gates=gates,
         )
     return {k: v.sum(0) if tasks else v for k, v in g.items()}, loss, correct
 

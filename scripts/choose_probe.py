@@ -1,0 +1,14 @@
+"""Rule choose_probe: class-balanced meta-test images shared by every model's feature study."""
+
+from mamlscope.features.extract import write_probe
+from mamlscope.logs import logged
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+with logged(sm.log[0]):
+    write_probe(
+        sm.input.index,
+        sm.input.pools,
+        images=sm.params.images,
+        seed=int(sm.wildcards.seed),
+        out=sm.output.probe,
+    )

@@ -1,0 +1,13 @@
+"""Rule compare_methods: each figure of every method side by side."""
+
+from mamlscope.features.plots import FIGURES, compare_methods, figures_by_method
+from mamlscope.logs import logged
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+w = sm.wildcards
+with logged(sm.log[0]):
+    compare_methods(
+        figures_by_method(list(sm.input)),
+        {name: getattr(sm.output, name) for name in FIGURES},
+        title=f"{w.dataset} · seed {w.seed}",
+    )

@@ -1,0 +1,314 @@
+"""A run's results loaded for the report: the experiment, the accuracy table, the baseline.
+
+The run layout is the workflow's (README, "What lands where")::
+
+    {results}/runs.parquet                               every run's row (summarize_runs)
+    {results}/{dataset}/{method}/seed{seed}/evaluation.json   per-episode accuracies
+    {results}/{dataset}/{method}/seed{seed}/metrics.parquet   step, phase, loss, accuracy
+    {results}/{dataset}/split/seed{seed}/pools.parquet        example_id, pool
+
+Seeds are combined by pooling: the per-episode accuracies of every seed of a (dataset,
+method) are taken together, and the mean and its 95% interval, 1.96 * std / sqrt(n), are
+those of the pooled episodes (:func:`mamlscope.evaluate.summarize`, the same formula as a
+single run's). The interval so reflects episode-to-episode variation over all seeds' test
+episodes; the spread between training seeds is shown beside it as the per-seed means.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mamlscope.errors import DataError
+from mamlscope.evaluate import summarize
+
+# The seed project's reference point for the baseline (its README): plain test accuracy on
+# full MNIST. A fact about the seed, quoted beside our baseline, not a result of this run.
+REFERENCE: dict[str, Any] = {
+    "accuracy": 0.9671,
+    "dataset": "full MNIST",
+    "train_images": 60_000,
+    "hidden": [256, 128, 64, 64],
+    "baseline": {"lr": 0.001, "weight_decay": 0.01, "batch_size": 256, "epochs": 5},
+    "description": "the fc net [256, 128, 64, 64, 10] with BatchNorm and ReLU, Adam 1e-3, "
+    "L2 0.01, batch 256, 5 epochs",
+}
+MNIST_SOURCES = ("mnist", "mnist5k")
+
+
+def run_dir(results: str | os.PathLike[str], dataset: str, method: str, seed: int) -> Path:
+    """The folder of one run: ``{results}/{dataset}/{method}/seed{seed}``."""
+    return Path(results) / dataset / method / f"seed{seed}"
+
+
+@dataclass
+class Results:
+    """What the report reads from a results tree, for the runs the config names."""
+
+    root: Path
+    config: dict[str, Any]
+    runs: pd.DataFrame  # runs.parquet
+    episodes: pd.DataFrame  # dataset, method, seed, episode, accuracy
+    metrics: pd.DataFrame  # dataset, method, seed, step, phase, loss, accuracy
+    train_images: dict[tuple[str, int], int] = field(default_factory=dict)  # (dataset, seed)
+
+    @property
+    def datasets(self) -> list[str]:
+        return list(self.config["datasets"])
+
+    @property
+    def methods(self) -> list[str]:
+        return list(self.config["methods"])
+
+    @property
+    def seeds(self) -> list[int]:
+        return [int(s) for s in self.config["seeds"]]
+
+
+def _need(path: Path) -> Path:
+    if not path.is_file():
+        raise DataError(f"{path} is missing: run the workflow (snakemake) before the report")
+    return path
+
+
+def load_results(results: str | os.PathLike[str], config: Mapping[str, Any]) -> Results:
+    """Read the run table, every run's per-episode accuracies and metrics, and the pools.
+
+    ``config`` is the resolved config (defaults filled in): its datasets, methods and
+    seeds say which runs the report covers, whatever else the folder holds.
+    """
+    root = Path(results)
+    config = dict(config)
+    runs = pd.read_parquet(_need(root / "runs.parquet"))
+    episode_parts, metric_parts, train_images = [], [], {}
+    for dataset in config["datasets"]:
+        for seed in (int(s) for s in config["seeds"]):
+            pools = pd.read_parquet(
+                _need(root / dataset / "split" / f"seed{seed}" / "pools.parquet")
+            )
+            train_images[(dataset, seed)] = int((pools["pool"] == "train").sum())
+            for method in config["methods"]:
+                folder = run_dir(root, dataset, method, seed)
+                summary = json.loads(_need(folder / "evaluation.json").read_text())
+                acc = np.asarray(summary["per_episode"], dtype=np.float64)
+                episode_parts.append(
+                    pd.DataFrame(
+                        dict(dataset=dataset, method=method, seed=seed, episode=np.arange(acc.size))
+                    ).assign(accuracy=acc)
+                )
+                m = pd.read_parquet(_need(folder / "metrics.parquet"))
+                m = m[["step", "phase", "loss", "accuracy"]]
+                metric_parts.append(m.assign(dataset=dataset, method=method, seed=seed))
+    return Results(
+        root=root,
+        config=config,
+        runs=runs,
+        episodes=pd.concat(episode_parts, ignore_index=True),
+        metrics=pd.concat(metric_parts, ignore_index=True),
+        train_images=train_images,
+    )
+
+
+def pooled_accuracy(results: Results) -> pd.DataFrame:
+    """One row per (dataset, method): seeds pooled per episode (module docstring).
+
+    Columns: dataset, method, seeds, episodes, mean, ci95, low, high, seed_means (list, in
+    seed order), batchnorm, way, shot, plain (mean plain test accuracy over seeds, NaN
+    when the test pool has no classes of the training pool), plain_seeds (list).
+    """
+    rows = []
+    runs = results.runs
+    for dataset in results.datasets:
+        for method in results.methods:
+            eps = results.episodes[
+                (results.episodes["dataset"] == dataset) & (results.episodes["method"] == method)
+            ]
+            acc = summarize(eps["accuracy"])
+            seed_means = [float(g["accuracy"].mean()) for _, g in eps.groupby("seed", sort=True)]
+            own = runs[(runs["dataset"] == dataset) & (runs["method"] == method)].sort_values(
+                "seed"
+            )
+            plain = own["test_accuracy"].astype(float).to_numpy() if len(own) else np.array([])
+            rows.append(
+                dict(
+                    dataset=dataset,
+                    method=method,
+                    seeds=int(eps["seed"].nunique()),
+                    episodes=acc.episodes,
+                    mean=acc.mean,
+                    ci95=acc.ci95,
+                    low=acc.mean - acc.ci95,
+                    high=acc.mean + acc.ci95,
+                    seed_means=seed_means,
+                    batchnorm=", ".join(sorted(own["batchnorm"].astype(str).unique())),
+                    way=int(own["way"].iloc[0]) if len(own) else -1,
+                    shot=int(own["shot"].iloc[0]) if len(own) else -1,
+                    plain=float(np.nanmean(plain)) if np.isfinite(plain).any() else math.nan,
+                    plain_seeds=[float(p) for p in plain],
+                )
+            )
+    return pd.DataFrame(rows)
+
+
+def pct(x: float, digits: int = 2) -> str:
+    """``0.9671`` -> ``"96.71%"``; NaN -> ``""``."""
+    return "" if x is None or not np.isfinite(x) else f"{100 * x:.{digits}f}%"
+
+
+def accuracy_table(results: Results) -> pd.DataFrame:
+    """The accuracy table for display: dataset by method, mean and 95% interval.
+
+    The baseline's row also carries its plain test accuracy and the seed's reference point
+    (:data:`REFERENCE`, on full MNIST) where the dataset is MNIST.
+    """
+    pooled = pooled_accuracy(results)
+    sources = {d: results.config["datasets"][d]["source"] for d in results.datasets}
+    out = pd.DataFrame(
+        {
+            "dataset": pooled["dataset"],
+            "method": pooled["method"],
+            "task": [
+                f"{w}-way {s}-shot" for w, s in zip(pooled["way"], pooled["shot"], strict=True)
+            ],
+            "BatchNorm at test": pooled["batchnorm"],
+            "seeds x episodes": [
+                f"{s} x {e // max(s, 1)}"
+                for s, e in zip(pooled["seeds"], pooled["episodes"], strict=True)
+            ],
+            "accuracy (95% CI)": [
+                f"{100 * m:.2f} ± {100 * c:.2f}%"
+                for m, c in zip(pooled["mean"], pooled["ci95"], strict=True)
+            ],
+            "per seed": [", ".join(pct(v) for v in s) for s in pooled["seed_means"]],
+            "plain test accuracy": [
+                "" if not np.isfinite(p) else f"{pct(p)} ({', '.join(pct(v, 1) for v in ps)})"
+                for p, ps in zip(pooled["plain"], pooled["plain_seeds"], strict=True)
+            ],
+            "seed's reference": [
+                f"{pct(REFERENCE['accuracy'])} ({REFERENCE['dataset']})"
+                if m == "baseline" and sources[d] in MNIST_SOURCES
+                else ""
+                for d, m in zip(pooled["dataset"], pooled["method"], strict=True)
+            ],
+        }
+    )
+    return out
+
+
+def reference_note(results: Results) -> str:
+    """Why the baseline's plain accuracy differs from the seed's reference (Markdown).
+
+    Compares the number of training images, the Adam steps they make and any baseline key
+    that differs from the seed's setting.
+    """
+    if "baseline" not in results.methods:
+        return "The baseline was not run, so the seed's reference point is not compared."
+    ref = REFERENCE
+    lines = [
+        f"The seed's reference point is {pct(ref['accuracy'])} plain test accuracy on "
+        f"{ref['dataset']} ({ref['train_images']:,} training images) with {ref['description']}."
+    ]
+    pooled = pooled_accuracy(results).set_index(["dataset", "method"])
+    for dataset in results.datasets:
+        ds = results.config["datasets"][dataset]
+        row = pooled.loc[(dataset, "baseline")]
+        if ds["source"] not in MNIST_SOURCES or not np.isfinite(row["plain"]):
+            lines.append(
+                f"- **{dataset}** ({ds['source']}): not MNIST with a shared-class test pool, "
+                "so the reference does not apply."
+            )
+            continue
+        n = int(np.mean([results.train_images[(dataset, s)] for s in results.seeds]))
+        base = ds["baseline"]
+        steps = base["epochs"] * math.ceil(n / base["batch_size"])
+        ref_steps = ref["baseline"]["epochs"] * math.ceil(
+            ref["train_images"] / ref["baseline"]["batch_size"]
+        )
+        differ = [k for k, v in ref["baseline"].items() if base.get(k) != v]
+        if list(ds["model"].get("hidden", [])) != ref["hidden"] or ds["model"]["arch"] != "fc":
+            differ.append("model")
+        setting = (
+            "the same network and training setting"
+            if not differ
+            else "a different setting (" + ", ".join(differ) + ")"
+        )
+        gap = 100 * (ref["accuracy"] - row["plain"])
+        sentence = (
+            f"- **{dataset}**: the baseline reaches {pct(row['plain'])} plain test accuracy "
+            f"({'1 seed' if row['seeds'] == 1 else f'mean of {row.seeds} seeds'}), "
+            f"{abs(gap):.2f} points "
+            f"{'below' if gap > 0 else 'above'} the reference, with {setting} but "
+            f"{n:,} training images instead of {ref['train_images']:,}"
+        )
+        if n < ref["train_images"]:
+            sentence += (
+                f" ({ref['train_images'] / n:.0f} times fewer): {base['epochs']} epochs are "
+                f"{steps:,} Adam steps of batch {base['batch_size']} here against "
+                f"{ref_steps:,} on full MNIST, and the network sees fewer examples of each digit."
+            )
+        else:
+            sentence += "."
+        lines.append(sentence)
+    return "\n".join(lines)
+
+
+def experiment_tables(results: Results) -> dict[str, Any]:
+    """The experiment from the resolved config: a summary line, datasets, hyperparameters.
+
+    Returns ``summary`` (Markdown), ``datasets`` (one row per dataset) and
+    ``hyperparameters`` (one row per key, one column per dataset: each dataset may
+    override the top-level sections).
+    """
+    cfg = results.config
+    summary = (
+        f"**Datasets:** {', '.join(results.datasets)}. **Methods:** "
+        f"{', '.join(results.methods)}. **Seeds:** {', '.join(map(str, results.seeds))}. "
+        f"**Device:** {cfg.get('device', 'auto')}."
+    )
+    rows = []
+    for name, ds in cfg["datasets"].items():
+        split, ep = ds["split"], ds["episodes"]
+        fractions = ", ".join(f"{k} {split[k]}" for k in ("train", "val") if k in split)
+        n = [results.train_images.get((name, s)) for s in results.seeds]
+        rows.append(
+            {
+                "dataset": name,
+                "source": ds["source"],
+                "images": f"{ds['image_size']}x{ds['image_size']}x{ds['channels']}",
+                "protocol": f"{split['protocol']} ({fractions})"
+                if fractions
+                else split["protocol"],
+                "episodes": f"{ep['way']}-way {ep['shot']}-shot, {ep['query']} queries",
+                "test / val episodes": f"{ep['test_episodes']} / {ep['val_episodes']}",
+                "training images": ", ".join(f"{x:,}" for x in sorted(set(n)) if x is not None),
+                "model": _model_name(ds["model"]),
+            }
+        )
+    keys: dict[str, dict[str, Any]] = {}
+    for name, ds in cfg["datasets"].items():
+        for section in ("baseline", "maml"):
+            for key, value in ds.get(section, {}).items():
+                keys.setdefault(f"{section}.{key}", {})[name] = _short(value)
+    hyper = pd.DataFrame([{"key": k, **v} for k, v in keys.items()])
+    return {"summary": summary, "datasets": pd.DataFrame(rows), "hyperparameters": hyper}
+
+
+def _model_name(model: Mapping[str, Any]) -> str:
+    extra = {k: v for k, v in model.items() if k != "arch" and v is not None}
+    return model["arch"] + (
+        " " + ", ".join(f"{k} {_short(v)}" for k, v in extra.items()) if extra else ""
+    )
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(map(str, value)) + "]"
+    return "" if value is None else str(value)

@@ -1,0 +1,265 @@
+"""The report library on a synthetic results tree: tables, seeds pooled, findings, studies."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mamlscope.evaluate import summarize
+from mamlscope.report import plots, studies
+from mamlscope.report.findings import findings, maml_ordering
+from mamlscope.report.results import (
+    accuracy_table,
+    experiment_tables,
+    load_results,
+    pooled_accuracy,
+    reference_note,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+METHODS = ("baseline", "maml", "fomaml", "maml-fd")
+# Per-episode accuracy means by method: the baseline clearly best, maml > fomaml > maml-fd
+# but close enough that their intervals overlap.
+MEANS = {"baseline": 0.93, "maml": 0.885, "fomaml": 0.88, "maml-fd": 0.87}
+
+
+def make_config(source: str = "mnist5k") -> dict:
+    from mamlscope.config import validate_config
+
+    raw = {
+        "seeds": [0, 1],
+        "device": "cpu",
+        "methods": list(METHODS),
+        "datasets": {
+            "mnist5k": {
+                "source": source,
+                "split": {"protocol": "examples", "train": 0.6, "val": 0.1},
+                "episodes": {"way": 5, "shot": 1, "query": 15, "test_episodes": 200},
+            }
+        },
+        "baseline": {"lr": 0.001, "weight_decay": 0.01, "batch_size": 256, "epochs": 5},
+    }
+    return validate_config(raw, check_paths=False)
+
+
+def write_tree(root: Path, config: dict, means: dict[str, float] = MEANS) -> Path:
+    """runs.parquet, evaluation.json, metrics.parquet and pools.parquet, as the workflow writes."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for dataset in config["datasets"]:
+        for seed in config["seeds"]:
+            split = root / dataset / "split" / f"seed{seed}"
+            split.mkdir(parents=True)
+            pools = ["train"] * 3000 + ["val"] * 500 + ["test"] * 1500
+            pd.DataFrame({"example_id": range(5000), "pool": pools}).to_parquet(
+                split / "pools.parquet"
+            )
+            for method in config["methods"]:
+                folder = root / dataset / method / f"seed{seed}"
+                folder.mkdir(parents=True)
+                acc = np.clip(rng.normal(means[method] + 0.002 * seed, 0.08, 200), 0, 1)
+                row = {
+                    "dataset": dataset,
+                    "method": method,
+                    "seed": seed,
+                    "way": 5,
+                    "shot": 1,
+                    "query": 15,
+                    "batchnorm": "running" if method == "baseline" else "transductive",
+                    **summarize(acc).as_dict(),
+                    "test_accuracy": 0.932 + 0.01 * seed if method == "baseline" else math.nan,
+                }
+                rows.append(row)
+                (folder / "evaluation.json").write_text(
+                    json.dumps({**row, "per_episode": acc.tolist()})
+                )
+                steps = np.arange(1, 11)
+                pd.DataFrame(
+                    {
+                        "step": np.concatenate([steps, [10]]),
+                        "phase": ["train"] * 10 + ["val"],
+                        "loss": np.concatenate([2 / steps, [math.nan]]),
+                        "accuracy": np.concatenate([1 - 1 / (steps + 1), [0.8]]),
+                        "elapsed_s": 0.0,
+                    }
+                ).to_parquet(folder / "metrics.parquet")
+    pd.DataFrame(rows).to_parquet(root / "runs.parquet")
+    return root
+
+
+@pytest.fixture
+def tree(tmp_path: Path):
+    config = make_config()
+    return load_results(write_tree(tmp_path / "results", config), config)
+
+
+def test_seeds_are_pooled_per_episode(tree):
+    pooled = pooled_accuracy(tree).set_index("method")
+    episodes = tree.episodes[tree.episodes["method"] == "maml"]["accuracy"]
+    expected = summarize(episodes)
+    assert len(episodes) == 2 * 200
+    assert pooled.loc["maml", "episodes"] == 400
+    assert pooled.loc["maml", "mean"] == pytest.approx(expected.mean)
+    assert pooled.loc["maml", "ci95"] == pytest.approx(1.96 * episodes.std(ddof=1) / math.sqrt(400))
+    assert len(pooled.loc["maml", "seed_means"]) == 2
+    assert pooled.loc["baseline", "plain"] == pytest.approx(0.937)
+    assert math.isnan(pooled.loc["maml", "plain"])
+
+
+def test_accuracy_table_has_batchnorm_and_the_reference_beside_the_baseline(tree):
+    table = accuracy_table(tree).set_index("method")
+    assert list(table.index) == list(METHODS)
+    assert table.loc["baseline", "BatchNorm at test"] == "running"
+    assert table.loc["maml", "BatchNorm at test"] == "transductive"
+    assert table.loc["baseline", "seed's reference"].startswith("96.71%")
+    assert table.loc["maml", "seed's reference"] == ""
+    assert table.loc["baseline", "plain test accuracy"].startswith("93.70%")
+    assert table.loc["maml", "seeds x episodes"] == "2 x 200"
+
+
+def test_reference_note_explains_the_smaller_training_set(tree):
+    note = reference_note(tree)
+    assert "96.71%" in note and "3,000 training images instead of 60,000" in note
+    assert "20 times fewer" in note
+    assert "60 Adam steps" in note and "1,175" in note  # 5 * ceil(3000/256), 5 * ceil(60000/256)
+    assert "the same network and training setting" in note
+
+
+def test_reference_does_not_apply_to_other_datasets(tmp_path: Path):
+    config = make_config(source="digits")
+    results = load_results(write_tree(tmp_path / "r", config), config)
+    assert "does not apply" in reference_note(results)
+    assert (accuracy_table(results)["seed's reference"] == "").all()
+
+
+def test_experiment_tables_come_from_the_config(tree):
+    parts = experiment_tables(tree)
+    assert "baseline, maml, fomaml, maml-fd" in parts["summary"]
+    assert "0, 1" in parts["summary"]
+    row = parts["datasets"].iloc[0]
+    assert row["source"] == "mnist5k" and row["training images"] == "3,000"
+    assert row["episodes"] == "5-way 1-shot, 15 queries"
+    hyper = parts["hyperparameters"].set_index("key")["mnist5k"]
+    assert hyper["baseline.batch_size"] == "256" and hyper["maml.meta_steps"] == "60000"
+
+
+def test_findings_are_generated_from_the_numbers(tree):
+    found = findings(tree)
+    best = found["Best method per dataset"][0]
+    assert best.startswith("- **mnist5k**: baseline is best")
+    assert "do not overlap" in best and "Last is maml-fd" in best
+    order = found["MAML > FOMAML >= FD?"][0]
+    assert "holds by the means" in order and "not resolved" in order  # overlapping intervals
+    assert "no CKA results" in found["Feature reuse (CKA)"][0]
+    assert "not produced by this run" in found["Head-only against full adaptation"][0]
+
+
+def test_ordering_that_fails_says_so(tmp_path: Path):
+    config = make_config()
+    means = {**MEANS, "maml": 0.80}
+    results = load_results(write_tree(tmp_path / "r", config, means), config)
+    line = maml_ordering(pooled_accuracy(results))[0]
+    assert "does not hold" in line and "maml <= fomaml" in line
+
+
+def cka_rows(method: str, values: dict[str, float], seed: int = 0) -> list[dict]:
+    return [
+        dict(dataset="mnist5k", seed=seed, model_a=method, model_b=method, layer_a=layer,
+             layer_b=layer, stage="adaptation", cka=v)
+        for layer, v in values.items()
+    ]  # fmt: skip
+
+
+def test_feature_reuse_reads_body_and_head_from_cka():
+    rows = cka_rows("maml", {"fc1": 0.99, "bn1": 0.97, "relu1": 0.95, "head": 0.4})
+    rows += cka_rows("fomaml", {"fc1": 0.99, "bn1": 0.7, "relu1": 0.95, "head": 0.4})
+    rows += cka_rows("baseline", {"fc1": 1.0, "bn1": 1.0, "relu1": 1.0, "head": 0.2})
+    # A between-methods row: never read as adaptation.
+    rows.append(dict(dataset="mnist5k", seed=0, model_a="baseline", model_b="maml",
+                     layer_a="fc1", layer_b="fc1", stage="meta", cka=0.1))  # fmt: skip
+    reuse = studies.feature_reuse(pd.DataFrame(rows)).set_index("method")
+    assert reuse.loc["maml", "reuse"] and reuse.loc["maml", "body_min_layer"] == "relu1"
+    assert not reuse.loc["fomaml", "reuse"] and reuse.loc["fomaml", "body_min_layer"] == "bn1"
+    lines = findings_cka(pd.DataFrame(rows))
+    assert len(lines) == 2  # the baseline's frozen body is no evidence either way
+    assert "supports feature reuse" in lines[0] and "does not support" in lines[1]
+
+
+def findings_cka(cka: pd.DataFrame) -> list[str]:
+    from mamlscope.report.findings import cka_findings
+
+    return cka_findings(cka)
+
+
+def test_studies_prefer_the_side_by_side_figure(tmp_path: Path):
+    root = tmp_path / "results"
+    side = studies.compare_figure(root, "d", 0, "filters")
+    own = studies.model_figure(root, "d", "maml", 1, "filters")
+    for path in (side, own):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"png")
+    found = studies.study_files(root, "filters", ["d"], ["baseline", "maml"], [0, 1, 2])
+    assert found[("d", 0)] == [("baseline | maml", side)]
+    assert found[("d", 1)] == [("maml", own)]
+    assert found[("d", 2)] == []  # not produced by this run
+
+
+def test_head_only_table_combines_seeds(tmp_path: Path):
+    rows = [
+        dict(dataset="d", method=m, seed=s, adaptation=a, batchnorm="x", mean=v + 0.01 * s,
+             ci95=c, episodes=100)
+        for m in ("maml", "baseline")
+        for s in (0, 1)
+        for a, v, c in (("head", 0.6, 0.03), ("full", 0.7, 0.04))
+    ]  # fmt: skip
+    pd.DataFrame(rows).to_parquet(tmp_path / "head_only.parquet")
+    assert studies.head_only_table(tmp_path / "missing") is None
+    table = studies.head_only_table(tmp_path, ["baseline", "maml"])
+    assert list(zip(table["method"], table["adaptation"], strict=True)) == [
+        ("baseline", "full"), ("baseline", "head"), ("maml", "full"), ("maml", "head"),
+    ]  # fmt: skip
+    maml = table[(table["method"] == "maml") & (table["adaptation"] == "full")].iloc[0]
+    assert maml["mean"] == pytest.approx(0.705)
+    assert maml["ci95"] == pytest.approx(math.sqrt(2 * 0.04**2) / 2)
+    assert maml["episodes"] == 200
+
+
+def test_expected_study_files_cover_every_path_the_report_reads():
+    files = studies.expected_study_files("results", ["d"], ["maml"], ["0"])
+    assert "results/d/compare/seed0/tsne.png" in files["compare"]
+    assert "results/d/compare/seed0/cka.parquet" in files["compare"]
+    assert "results/d/compare/seed0/cka_adaptation.png" in files["compare"]
+    assert "results/d/maml/seed0/figures/saliency.png" in files["model"]
+    assert files["summary"] == ["results/head_only.parquet"]
+
+
+def test_training_curves_have_a_column_per_method(tree):
+    fig = plots.training_curves(tree, "mnist5k")
+    assert len(fig.axes) == 2 * len(METHODS)
+    assert [ax.get_title() for ax in fig.axes[:4:]][0] == "baseline"
+    assert len(plots.training_curves_all(tree).axes) == 2 * len(METHODS)
+
+
+def test_rulegraph_without_graphviz_is_a_note(tmp_path: Path, monkeypatch):
+    dot = tmp_path / "rulegraph.dot"
+    dot.write_text("digraph { a -> b }")
+    monkeypatch.setattr(plots.shutil, "which", lambda name: None)
+    svg, note = plots.render_rulegraph(dot)
+    assert svg is None and "graphviz" in note and "rulegraph.dot" in note
+
+
+def test_template_has_a_parameters_cell_and_a_kernel_and_no_outputs():
+    import nbformat
+
+    nb = nbformat.read(REPO / "report" / "report.ipynb", as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1
+    for name in ("results_dir", "config", "rulegraph"):
+        assert f"{name} =" in tagged[0].source
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
