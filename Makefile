@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= all
 
-.PHONY: run test test-slurm dry-run benchmark clean
+.PHONY: run test test-slurm dry-run benchmark time-workflow clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ benchmark: $(BIN)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[test,benchmark]'
 	mkdir -p benchmarks/out
 	$(BIN)/python benchmarks/meta_step.py $(BENCH_ARGS) --out benchmarks/out/meta_step.json
+
+# The default workflow timed from clean results in a scratch copy (your results/ untouched):
+# wall, user and sys of the whole run and per rule (benchmarks/workflow_time.py; docs/
+# benchmarks.md); e.g. TIME_ARGS="--cores 4 --json benchmarks/out/workflow.json".
+time-workflow: $(BIN)/.installed
+	$(BIN)/python benchmarks/workflow_time.py $(TIME_ARGS)
 
 clean:
 	rm -rf results .snakemake

@@ -34,6 +34,7 @@ from torch.func import functional_call
 
 from mamlscope.maml import meta_step
 from mamlscope.models import batch_statistics, build_model
+from mamlscope.runtime import tune_allocator
 
 
 @dataclass(frozen=True)
@@ -324,7 +325,14 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls/convolutions")
     parser.add_argument("--out", default=None, help="write the results here as JSON")
+    parser.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="leave glibc malloc as it is (default: mamlscope.runtime.tune_allocator, as the "
+        "workflow's jobs run; it applies to every implementation in this process alike)",
+    )
     args = parser.parse_args(argv)
+    tuned = False if args.default_malloc else tune_allocator()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
@@ -341,6 +349,7 @@ def main(argv=None) -> int:
         "threads": torch.get_num_threads(),
         "python": sys.version.split()[0],
         "tf32": args.tf32,
+        "malloc_tuned": tuned,
     }
     print(f"# {machine}", flush=True)
     results = {"machine": machine, "settings": {}}

@@ -13,6 +13,7 @@ rule prepare_dataset:
         # Datasets of one source share a download folder: the profiles allow one
         # preparation at a time so two jobs never download the same archive at once.
         download=1,
+    threads: 1
     log:
         "results/{dataset}/logs/prepare_dataset.log",
     benchmark:
@@ -32,8 +33,11 @@ rule split_dataset:
         test=f"results/{{dataset}}/split/seed{{seed}}/{TEST_EPISODES}",
     params:
         split=split_params,
+    threads: 1
     log:
         "results/{dataset}/logs/split_dataset_seed{seed}.log",
+    benchmark:
+        "results/{dataset}/logs/split_dataset_seed{seed}.benchmark.tsv"
     conda:
         "../envs/mamlscope.yaml"
     script:

@@ -12,8 +12,11 @@ rule choose_probe:
         probe="results/{dataset}/split/seed{seed}/probe.parquet",
     params:
         images=config["features"]["probe_images"],
+    threads: 1
     log:
         "results/{dataset}/logs/choose_probe_seed{seed}.log",
+    benchmark:
+        "results/{dataset}/logs/choose_probe_seed{seed}.benchmark.tsv"
     conda:
         "../envs/mamlscope.yaml"
     script:
@@ -93,8 +96,11 @@ rule compare_methods:
         },
     params:
         methods=METHODS,
+    threads: 1
     log:
         "results/{dataset}/logs/compare_methods_seed{seed}.log",
+    benchmark:
+        "results/{dataset}/logs/compare_methods_seed{seed}.benchmark.tsv"
     conda:
         "../envs/mamlscope.yaml"
     script:
@@ -123,8 +129,11 @@ rule cka:
         ),
     params:
         methods=METHODS,
+    threads: 1
     log:
         "results/{dataset}/logs/cka_seed{seed}.log",
+    benchmark:
+        "results/{dataset}/logs/cka_seed{seed}.benchmark.tsv"
     conda:
         "../envs/mamlscope.yaml"
     script:
@@ -172,8 +181,11 @@ rule summarize_head_only:
             caption="../report/captions/features/head_only.rst",
             category="Head-only adaptation",
         ),
+    threads: 1
     log:
         "results/logs/summarize_head_only.log",
+    benchmark:
+        "results/logs/summarize_head_only.benchmark.tsv"
     conda:
         "../envs/mamlscope.yaml"
     script:

@@ -19,8 +19,11 @@ rule rulegraph:
         sources=workflow_sources,
     output:
         dot="results/report/rulegraph.dot",
+    threads: 1
     log:
         "results/logs/rulegraph.log",
+    benchmark:
+        "results/logs/rulegraph.benchmark.tsv"
     conda:
         "../envs/report.yaml"
     script:
@@ -60,6 +63,7 @@ rule report:
         # The report shows the experiment's resolved config, so any edit of it reruns the
         # report (and only the report, when no result changes).
         experiment=config,
+    threads: 1
     log:
         "results/logs/report.log",
     benchmark:

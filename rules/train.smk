@@ -69,8 +69,11 @@ rule summarize_runs:
         markdown=report(
             "results/runs.md", caption="../report/captions/runs.rst", category="Runs"
         ),
+    threads: 1
     log:
         "results/logs/summarize_runs.log",
+    benchmark:
+        "results/logs/summarize_runs.benchmark.tsv"
     conda:
         "../envs/mamlscope.yaml"
     script:

@@ -2,9 +2,11 @@
 
 from mamlscope.features.extract import write_probe
 from mamlscope.logs import logged
+from mamlscope.runtime import set_threads
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 with logged(sm.log[0]):
+    set_threads(sm.threads)  # the rule's threads: for any numeric library it loads
     write_probe(
         sm.input.index,
         sm.input.pools,

@@ -2,10 +2,12 @@
 
 from mamlscope.features.plots import FIGURES, compare_methods, figures_by_method
 from mamlscope.logs import logged
+from mamlscope.runtime import set_threads
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 w = sm.wildcards
 with logged(sm.log[0]):
+    set_threads(sm.threads)  # the rule's threads: for any numeric library it loads
     compare_methods(
         figures_by_method(list(sm.input)),
         {name: getattr(sm.output, name) for name in FIGURES},

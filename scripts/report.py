@@ -4,9 +4,11 @@ from pathlib import Path
 
 from mamlscope.logs import logged
 from mamlscope.report.build import build_report
+from mamlscope.runtime import set_threads
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 with logged(sm.log[0]):
+    set_threads(sm.threads)  # the rule's threads: for any numeric library it loads
     build_report(
         template=sm.input.template,
         # report/nbconvert, the folder of the theme's template folder.

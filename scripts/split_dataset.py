@@ -5,10 +5,12 @@ from pathlib import Path
 import pandas as pd
 
 from mamlscope.logs import logged
+from mamlscope.runtime import set_threads
 from mamlscope.splits import write_split
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 with logged(sm.log[0]):
+    set_threads(sm.threads)  # the rule's threads: for any numeric library it loads
     # write_split writes the seed's folder whole (pools, episodes_val, episodes_test).
     write_split(
         pd.read_parquet(sm.input.index),

@@ -216,7 +216,7 @@ def test_adapt_and_predict_matches_reference_adaptation(strategy: str) -> None:
     ("kwargs", "match"),
     [
         ({"order": "third"}, r"order .*'second', 'first', 'finite-difference'"),
-        ({"strategy": "fast"}, r"strategy .*'auto', 'vmap', 'batched', 'loop'"),
+        ({"strategy": "fast"}, r"strategy .*'auto', 'graph', 'vmap', 'batched', 'loop'"),
         ({"inner_steps": -1}, "inner_steps"),
         ({"inner_lr": float("nan")}, "inner_lr"),
         ({"fd_epsilon": 0.0}, "fd_epsilon"),
@@ -487,3 +487,28 @@ def test_holding_gates_fixes_the_kink_crossing_of_float32_central_differences(ar
     as64 = functools.partial(lambda g: {k: v.double() for k, v in g.items()})
     assert rel_error(as64(held), exact) < 5e-3
     assert rel_error(as64(unheld), exact) > 0.1
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("arch", ["conv4", "conv4-maxpool"])
+def test_fused_conv_batchnorm_gives_the_elementary_ops_meta_gradient(
+    arch: str, order: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batched forward's native conv BatchNorm (one kernel, its own double backward)
+    and models.batch_norm's elementary ops give the same meta-gradient and predictions."""
+    import mamlscope.maml.batched_forward as bf
+
+    model, tasks = make_model(arch), make_tasks(arch)
+    kw = {"inner_lr": INNER_LR, "inner_steps": 2, "order": order, "fd_epsilon": 3e-2}
+    results = {}
+    for fused in (True, False):
+        monkeypatch.setattr(bf, "FUSED_CONV_BATCH_NORM", fused)
+        step = meta_step(model, *tasks, strategy="batched", **kw)
+        logits = adapt_and_predict(
+            model, *tasks[:3], inner_lr=INNER_LR, inner_steps=2, strategy="batched"
+        )
+        results[fused] = step, logits
+    (fused_step, fused_logits), (plain_step, plain_logits) = results[True], results[False]
+    assert rel_error(fused_step.grads, plain_step.grads) < 1e-10
+    assert fused_step.query_loss == pytest.approx(plain_step.query_loss, rel=1e-10)
+    torch.testing.assert_close(fused_logits, plain_logits, rtol=1e-10, atol=1e-12)

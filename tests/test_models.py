@@ -197,3 +197,53 @@ def test_held_gates_replay_the_recorded_relu_masks_and_max_pool_choices() -> Non
             with hold_gates(gates):
                 relu(torch.randn_like(gates[0]))
     assert isinstance(relu, nn.ReLU) and isinstance(model.pool1, nn.MaxPool2d)
+
+
+# The runtime every job of these models runs under (mamlscope.runtime, mamlscope.logs).
+
+
+def test_set_threads_and_allocator_tuning_leave_torch_unimported() -> None:
+    """A job that never computes with torch must not pay for importing it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys\n"
+        "from mamlscope.logs import logged\n"
+        "from mamlscope.runtime import set_threads, tune_allocator\n"
+        "set_threads(3)\n"
+        "with logged(None):\n"
+        "    pass\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+        "print(os.environ['OMP_NUM_THREADS'], tune_allocator())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    threads, tuned = out.stdout.split()
+    assert threads == "3"
+    assert tuned == str(sys.platform.startswith("linux") and _glibc())
+
+
+def _glibc() -> bool:
+    import platform
+
+    return platform.libc_ver()[0] == "glibc"
+
+
+def test_set_threads_sets_torch_threads_and_a_log_ends_with_the_process_usage(tmp_path) -> None:
+    from mamlscope.logs import USAGE_PREFIX, logged
+    from mamlscope.runtime import set_threads
+
+    before = torch.get_num_threads()
+    try:
+        set_threads(1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    log = tmp_path / "job.log"
+    with logged(log):
+        print("working")
+    last = log.read_text().splitlines()[-1]
+    assert USAGE_PREFIX in last
+    fields = dict(item.split("=") for item in last.split(USAGE_PREFIX)[1].split())
+    assert {"user_s", "sys_s", "minor_faults", "major_faults", "max_rss_mib"} <= fields.keys()
+    assert float(fields["user_s"]) > 0

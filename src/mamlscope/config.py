@@ -373,6 +373,7 @@ MAML_TRAIN_KEYS = (
     "meta_lr",
     "meta_steps",
     "strategy",
+    "max_tasks_in_flight",
     "val_every",
     "test_inner_steps",
     "eval_batch",

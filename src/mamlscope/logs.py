@@ -9,14 +9,24 @@ import sys
 import traceback
 from collections.abc import Iterator
 
+from mamlscope.runtime import process_usage, tune_allocator
+
+# The last line of every job's log: the job's whole-process CPU, for
+# benchmarks/workflow_time.py (Snakemake's benchmark files sample CPU only now and then).
+USAGE_PREFIX = "process usage:"
+
 
 @contextlib.contextmanager
 def logged(path: str | os.PathLike[str] | None) -> Iterator[logging.Logger]:
     """Redirect stdout, stderr and the `mamlscope` logger to ``path`` for the block.
 
     An exception is written to the log with its traceback, then re-raised so the job
-    fails. With ``path`` None everything stays on the terminal.
+    fails. With ``path`` None everything stays on the terminal. Every job's script runs
+    inside it, so it also sets up what every job needs before it computes: glibc malloc
+    keeps freed memory (:func:`mamlscope.runtime.tune_allocator`). A log file ends with
+    the process's CPU time and page faults (:data:`USAGE_PREFIX`, one ``key=value`` line).
     """
+    tune_allocator()
     logger = logging.getLogger("mamlscope")
     logger.setLevel(logging.INFO)
     if path is None:
@@ -41,4 +51,6 @@ def logged(path: str | os.PathLike[str] | None) -> Iterator[logging.Logger]:
                     traceback.print_exc(file=stream)
                     raise
         finally:
+            usage = " ".join(f"{k}={v}" for k, v in process_usage().items())
+            logger.info("%s %s", USAGE_PREFIX, usage)
             logger.removeHandler(handler)

@@ -45,6 +45,7 @@ from mamlscope.evaluate import evaluate_maml
 from mamlscope.finetune import plain_accuracy
 from mamlscope.io import atomic_path, md5sum, remove_stale_temporaries
 from mamlscope.maml import meta_step
+from mamlscope.maml.graph import GraphedMetaStep, load_optimizer_state, plan_training_step
 from mamlscope.prepared import PreparedDataset
 from mamlscope.runtime import resolve_device, seed_everything, set_threads
 from mamlscope.tasks import TaskSampler, configured_episodes, images_to_tensor, normalize_batch
@@ -59,6 +60,10 @@ def _progress(iterable=None, **kwargs):  # type: ignore[no-untyped-def]
 
 
 MAML_ORDER = {"maml": "second", "fomaml": "first", "maml-fd": "finite-difference"}
+# MAML training keeps each step's loss and accuracy on the device and reads them to the host
+# (one transfer) every LOG_EVERY meta-steps, before a validation or a resume state, and at
+# the end: a CUDA-graph step then never waits for the GPU. Every step still gets its row.
+LOG_EVERY = 100
 
 
 @dataclass
@@ -67,6 +72,7 @@ class TrainResult:
     spec: ModelSpec
     metrics: pd.DataFrame
     resumed_from: int = 0  # the step a resume state let the run start after (0: none)
+    meta_step: str = ""  # MAML: "cuda-graph", or "eager (why not a graph)"
 
 
 class _Metrics:
@@ -84,14 +90,49 @@ class _Metrics:
         self.rows = [dict(row) for row in rows]
         self.start = time.perf_counter() - elapsed
 
-    def add(self, step: int, phase: str, loss: float, accuracy: float) -> None:
-        elapsed = time.perf_counter() - self.start
+    def add(
+        self, step: int, phase: str, loss: float, accuracy: float, elapsed: float | None = None
+    ) -> None:
+        """One row; ``elapsed`` (seconds since the start) when it was taken earlier, else now."""
+        if elapsed is None:
+            elapsed = time.perf_counter() - self.start
         self.rows.append(
             dict(step=step, phase=phase, loss=loss, accuracy=accuracy, elapsed_s=elapsed)
         )
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows, columns=["step", "phase", "loss", "accuracy", "elapsed_s"])
+
+
+class _StepLog:
+    """MAML training rows waiting to be read: each step's loss and accuracy (device tensors,
+    or floats) and the time the step was issued. `flush` reads all pending tensors in one
+    transfer (`reads` counts them) and adds the rows to the metrics."""
+
+    def __init__(self, metrics: _Metrics) -> None:
+        self.metrics = metrics
+        self.pending: list[tuple[int, float, Any, Any]] = []
+        self.reads = 0  # host reads of device values (one per flush with tensors pending)
+
+    def add(self, step: int, loss: Any, accuracy: Any) -> None:
+        self.pending.append((step, self.metrics.elapsed(), loss, accuracy))
+
+    def _read(self, losses: list[Any], accuracies: list[Any]) -> list[tuple[float, float]]:
+        if not isinstance(losses[0], torch.Tensor):
+            return [(float(a), float(b)) for a, b in zip(losses, accuracies, strict=True)]
+        self.reads += 1
+        values = torch.stack([torch.stack(losses).double(), torch.stack(accuracies).double()])
+        return [(float(a), float(b)) for a, b in values.T.cpu().tolist()]
+
+    def flush(self) -> tuple[float, float] | None:
+        """Add the pending rows; the last step's (loss, accuracy), or None if none pended."""
+        if not self.pending:
+            return None
+        rows, self.pending = self.pending, []
+        values = self._read([r[2] for r in rows], [r[3] for r in rows])
+        for (step, elapsed, _, _), (loss, accuracy) in zip(rows, values, strict=True):
+            self.metrics.add(step, "train", loss, accuracy, elapsed=elapsed)
+        return values[-1]
 
 
 # --- resume states ------------------------------------------------------------------------
@@ -417,6 +458,14 @@ def train_maml(
 
     ``resume``: where and how often to write a resume state (after a meta-step and its
     validation), and one to continue from.
+
+    The meta-step (`mamlscope.maml.graph.plan_training_step`): with ``maml.strategy``
+    ``graph``, and ``auto`` on CUDA, the batched step and a capturable Adam run as one CUDA
+    graph (`GraphedMetaStep`; eagerly over the same buffers where no graph can be captured,
+    with the reason logged); otherwise `meta_step` with that strategy. ``maml.
+    max_tasks_in_flight`` bounds the tasks computed at once (chunks; None: all). Each
+    step's loss and accuracy are read from the device every `LOG_EVERY` steps, before a
+    validation or resume state and at the end, not after every step.
     """
     resume = resume or _Resume()
     if method not in MAML_ORDER:
@@ -440,18 +489,22 @@ def train_maml(
     )
     spec = _model_spec(ds_cfg, tuple(data.images.shape[1:]), ep["way"], running_stats=False)
     model = spec.build().to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["meta_lr"])
+    # `graph` (and `auto` on CUDA): the meta-step and a capturable Adam as one CUDA graph.
+    plan = plan_training_step(cfg["strategy"], model, device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["meta_lr"], capturable=plan.capture)
     params = dict(model.named_parameters())
     metrics = _Metrics()
     order = MAML_ORDER[method]
     # Only maml-fd reads fd_epsilon (its training section carries it, the others' do not).
     fd = {"fd_epsilon": cfg["fd_epsilon"]} if order == "finite-difference" else {}
+    # None (the default, and configs written before the key): all tasks at once.
+    max_tasks = cfg.get("max_tasks_in_flight")
     total, resumed_from = cfg["meta_steps"], 0
     state = resume.load()
     if state is not None:
         model.load_state_dict(state["model"])
         model.train(bool(state["training"]))
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(optimizer, state["optimizer"], capturable=plan.capture)
         sampler.generator.set_state(state["generator"])
         metrics.restore(state["metrics"], state["elapsed_s"])
         resumed_from = int(state["step"])
@@ -464,28 +517,40 @@ def train_maml(
         desc=method,
         disable=not progress,
     )
+    kw = {"inner_lr": cfg["inner_lr"], "inner_steps": cfg["inner_steps"], "order": order, **fd}
+    run_step: Callable[..., tuple[Any, Any]]
+    if plan.graphed:  # the loss and accuracy stay device tensors until the log reads them
+        # Captures where it can (plan.capture); otherwise the same step eagerly, and why.
+        graphed = GraphedMetaStep(model, optimizer, max_tasks_in_flight=max_tasks, **kw)
+        run_step, mode = graphed, graphed.describe
+        if plan.reason is not None:
+            log.warning("strategy 'graph': the meta-step runs eagerly: %s", plan.reason)
+    else:
+
+        def run_step(*batch: torch.Tensor) -> tuple[float, float]:
+            result = meta_step(
+                model, *batch, strategy=cfg["strategy"], max_tasks_in_flight=max_tasks, **kw
+            )
+            for name, grad in result.grads.items():
+                params[name].grad = grad
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            return result.query_loss, result.query_accuracy
+
+        def mode() -> str:
+            return f"eager ({plan.reason})"
+
+    log.info("%s: meta-step %s", method, mode())  # a failed capture later logs a warning
+    pending = _StepLog(metrics)
     for step in bar:
-        support_x, support_y, query_x, query_y = sampler.sample(cfg["meta_batch"])
-        result = meta_step(
-            model,
-            support_x,
-            support_y,
-            query_x,
-            query_y,
-            inner_lr=cfg["inner_lr"],
-            inner_steps=cfg["inner_steps"],
-            order=order,
-            strategy=cfg["strategy"],
-            **fd,
-        )
-        for name, grad in result.grads.items():
-            params[name].grad = grad
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss, acc = float(result.query_loss), float(result.query_accuracy)
-        metrics.add(step, "train", loss, acc)
-        bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", refresh=False)
-        if len(val_episodes) and (step % cfg["val_every"] == 0 or step == cfg["meta_steps"]):
+        loss, acc = run_step(*sampler.sample(cfg["meta_batch"]))
+        pending.add(step, loss, acc)
+        validate = bool(len(val_episodes)) and (step % cfg["val_every"] == 0 or step == total)
+        if validate or step % LOG_EVERY == 0 or step == total:
+            last = pending.flush()
+            if last is not None:
+                bar.set_postfix(loss=f"{last[0]:.3f}", acc=f"{last[1]:.3f}", refresh=False)
+        if validate:
             val = evaluate_maml(
                 model,
                 configured_episodes(images, val_episodes, ds_cfg, mean, std, device),
@@ -495,6 +560,7 @@ def train_maml(
             metrics.add(step, "val", float("nan"), float(val.mean()))
             log.info("step %d: val accuracy %.4f", step, val.mean())
         if resume.due(step, total):
+            pending.flush()  # the state carries every row so far
             resume.save(
                 step,
                 {
@@ -506,7 +572,15 @@ def train_maml(
                     "elapsed_s": metrics.elapsed(),
                 },
             )
-    return TrainResult(model=model, spec=spec, metrics=metrics.frame(), resumed_from=resumed_from)
+    pending.flush()
+    bar.close()
+    return TrainResult(
+        model=model,
+        spec=spec,
+        metrics=metrics.frame(),
+        resumed_from=resumed_from,
+        meta_step=mode(),
+    )
 
 
 def run_training(

@@ -22,7 +22,9 @@ from mamlscope.maml.strategies import STRATEGY_TABLE, MetaOutput
 from mamlscope.models import unheld_kinks
 
 ORDERS = ("second", "first", "finite-difference")
-STRATEGIES = ("auto", *STRATEGY_TABLE)
+# "graph": the "batched" step, which training (mamlscope.maml.graph.GraphedMetaStep)
+# captures with Adam in one CUDA graph; anywhere else it runs as "batched".
+STRATEGIES = ("auto", "graph", *STRATEGY_TABLE)
 # How queries are normalised at evaluation (strategies.query_logits): "transductive" is
 # Finn et al.'s protocol, "support" normalises each query with the support set's statistics.
 BATCHNORM_MODES = ("transductive", "support")
@@ -56,12 +58,16 @@ def _kind(model: nn.Module) -> str:
 def resolve_strategy(strategy: str, model: nn.Module, device: torch.device) -> str:
     """The strategy that runs: ``"auto"`` becomes :data:`AUTO`'s choice for the device type
     and model kind (``"conv"`` if it has a ``Conv2d``, else ``"dense"``); ``"vmap"`` replaces
-    ``"batched"`` for a model the batched forward cannot run. Others pass through."""
+    ``"batched"`` for a model the batched forward cannot run. ``"graph"`` is the
+    ``"batched"`` computation (only training captures it in a CUDA graph, see
+    :mod:`mamlscope.maml.graph`), so it resolves to ``"batched"``. Others pass through."""
     if strategy not in STRATEGIES:
         raise ConfigError(f"strategy must be one of {list(STRATEGIES)}, got {strategy!r}")
     reason = unsupported_reason(model)
-    if strategy == "batched" and reason is not None:
-        raise ConfigError(f"strategy 'batched' cannot run this model: {reason}; use 'vmap'")
+    if strategy in ("batched", "graph") and reason is not None:
+        raise ConfigError(f"strategy {strategy!r} cannot run this model: {reason}; use 'vmap'")
+    if strategy == "graph":
+        return "batched"
     if strategy != "auto":
         return strategy
     choice = AUTO.get(device.type, AUTO["cuda"])[_kind(model)]
@@ -93,6 +99,12 @@ def _check_args(
         raise ConfigError(
             f"support and query need the same tasks >= 1: {support_x.shape[0]}, {query_x.shape[0]}"
         )
+
+
+def check_max_tasks_in_flight(value: int | None) -> None:
+    """``maml.max_tasks_in_flight`` is None (unbounded) or an integer >= 1."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(f"max_tasks_in_flight must be null or an integer >= 1, got {value!r}")
 
 
 def _in_chunks(
@@ -131,6 +143,7 @@ def meta_step(
     order: str,
     fd_epsilon: float = FD_EPSILON,
     strategy: str = "auto",
+    max_tasks_in_flight: int | None = None,
 ) -> MetaStepResult:
     """Meta-gradients of the mean post-adaptation query loss, plus that loss and accuracy.
 
@@ -146,7 +159,12 @@ def meta_step(
     :func:`mamlscope.maml.inner_loop.fd_meta_gradient`). Holding needs this package's
     ``ReLU``/``MaxPool2d`` (what :func:`mamlscope.models.build_model` makes) or the
     ``batched`` strategy; otherwise a ``ConfigError``.
+
+    ``max_tasks_in_flight``: run the strategy on at most this many tasks at a time and
+    combine the chunks into the same mean (``maml.max_tasks_in_flight``: peak memory
+    bounded by the chunk, not the meta-batch); None, all at once (or ``"auto"``'s chunks).
     """
+    check_max_tasks_in_flight(max_tasks_in_flight)
     if order not in ORDERS:
         raise ConfigError(f"order must be one of {list(ORDERS)}, got {order!r}")
     if not math.isfinite(fd_epsilon) or fd_epsilon <= 0:
@@ -163,6 +181,8 @@ def meta_step(
     chunk = None
     if strategy == "auto" and chosen == "batched" and unsupported_reason(model) is None:
         chunk = AUTO_CHUNK.get(first.device.type, {}).get(_kind(model))
+    if max_tasks_in_flight is not None:
+        chunk = max_tasks_in_flight if chunk is None else min(chunk, max_tasks_in_flight)
     meta = functools.partial(
         STRATEGY_TABLE[chosen].meta,
         inner_lr=inner_lr,
