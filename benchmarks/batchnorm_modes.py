@@ -18,10 +18,10 @@ import pandas as pd
 
 from mamlscope.checkpoint import load_checkpoint
 from mamlscope.config import load_config
+from mamlscope.data.prepared import PreparedDataset
+from mamlscope.data.tasks import images_to_tensor
 from mamlscope.evaluate import EvalSettings, evaluate_checkpoint_on, summarize
 from mamlscope.maml import BATCHNORM_MODES
-from mamlscope.prepared import PreparedDataset
-from mamlscope.tasks import images_to_tensor
 
 
 def modes_table(config: dict, results: Path) -> pd.DataFrame:

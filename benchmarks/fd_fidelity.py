@@ -33,12 +33,12 @@ import numpy as np
 import torch
 
 from mamlscope.config import load_config
+from mamlscope.data.pools import make_pools
+from mamlscope.data.prepared import PreparedDataset, prepare_dataset
+from mamlscope.data.tasks import TaskSampler
 from mamlscope.maml import meta_step, strategies
 from mamlscope.maml.api import FD_EPSILON
 from mamlscope.models import build_model
-from mamlscope.pools import make_pools
-from mamlscope.prepared import PreparedDataset, prepare_dataset
-from mamlscope.tasks import TaskSampler
 
 TRAJECTORIES = {  # config -> (dataset, meta-steps of the shortened trajectory or None: all)
     "config.yaml": [("mnist5k", None)],

@@ -285,7 +285,7 @@ def time_sampler(device, repeats: int = 50) -> dict[str, float]:
     import numpy as np
     import pandas as pd
 
-    from mamlscope.tasks import TaskSampler
+    from mamlscope.data.tasks import TaskSampler
 
     n = 70_000
     rng = np.random.default_rng(0)

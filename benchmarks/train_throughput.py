@@ -54,10 +54,10 @@ import torch.nn.functional as F
 import yaml
 
 from mamlscope.config import validate_config
+from mamlscope.data.prepared import PreparedDataset
+from mamlscope.data.tasks import TaskSampler
 from mamlscope.models import batch_statistics
-from mamlscope.prepared import PreparedDataset
 from mamlscope.runtime import seed_everything
-from mamlscope.tasks import TaskSampler
 from mamlscope.train import LOG_EVERY, _model_spec, train_maml
 
 REPO = Path(__file__).resolve().parents[1]

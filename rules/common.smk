@@ -4,8 +4,8 @@ import os
 
 import mamlscope.cluster
 import mamlscope.config as msc
-from mamlscope.prepared import IMAGES, INDEX, META
-from mamlscope.splits import POOLS_FILE, TEST_EPISODES, VAL_EPISODES
+from mamlscope.data.prepared import IMAGES, INDEX, META
+from mamlscope.data.splits import POOLS_FILE, TEST_EPISODES, VAL_EPISODES
 
 # Validate before any job runs; defaults are filled in place so rules see them.
 mamlscope.cluster.parse_flags(config)  # the profile's `config: [cluster_gpu=true]` is text

@@ -2,14 +2,14 @@
 
 from pathlib import Path
 
+from mamlscope.data.prepared import prepare_dataset
 from mamlscope.logs import logged
-from mamlscope.prepared import prepare_dataset
 from mamlscope.runtime import set_threads
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 with logged(sm.log[0]):
     set_threads(sm.threads)  # the rule's threads: for any numeric library it loads
-    # Writes the folder whole: images, index and meta (names in mamlscope.prepared).
+    # Writes the folder whole: images, index and meta (names in mamlscope.data.prepared).
     prepare_dataset(
         sm.wildcards.dataset,
         sm.params.dataset,

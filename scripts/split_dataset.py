@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from mamlscope.data.splits import write_split
 from mamlscope.logs import logged
 from mamlscope.runtime import set_threads
-from mamlscope.splits import write_split
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 with logged(sm.log[0]):

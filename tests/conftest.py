@@ -39,8 +39,8 @@ def tiny_digits(tmp_path_factory: pytest.TempPathFactory) -> dict:
     import pandas as pd
 
     from mamlscope.config import data_section, validate_config
-    from mamlscope.prepared import prepare_dataset
-    from mamlscope.splits import write_split
+    from mamlscope.data.prepared import prepare_dataset
+    from mamlscope.data.splits import write_split
 
     raw = {
         "seeds": [0],
@@ -95,7 +95,7 @@ def tiny_digits(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def prepared_files(data_dir: Path) -> dict[str, Path]:
     """The prepared dataset's files, as `run_training` and `run_evaluation` take them."""
-    from mamlscope.prepared import IMAGES, INDEX, META
+    from mamlscope.data.prepared import IMAGES, INDEX, META
 
     return {"images": data_dir / IMAGES, "index": data_dir / INDEX, "meta": data_dir / META}
 

@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 
 from mamlscope.cli import main
+from mamlscope.data.prepared import PreparedDataset
 from mamlscope.evaluate import EvalSettings, run_evaluation
-from mamlscope.prepared import PreparedDataset
 from mamlscope.train import run_training
 
 CONSOLE_SCRIPT = Path(sys.executable).parent / "mamlscope"

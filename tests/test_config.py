@@ -268,8 +268,8 @@ def test_split_defaults_come_from_the_schema():
 def test_normalisation_check_is_one_rule_with_one_message(tmp_path):
     import torch
 
-    from mamlscope.prepared import prepare_dataset
-    from mamlscope.tasks import normalize_batch
+    from mamlscope.data.prepared import prepare_dataset
+    from mamlscope.data.tasks import normalize_batch
 
     bad = {"mean": [0.1, 0.2], "std": [1.0]}
     expected = "normalize.mean: 2 values for 3 channel(s); give one value or one per channel"

@@ -14,10 +14,10 @@ import pytest
 from PIL import Image
 
 import mamlscope
-import mamlscope.prepared as prepared
+import mamlscope.data.prepared as prepared
+from mamlscope.data.prepared import COLUMNS, PreparedDataset, prepare_dataset
+from mamlscope.data.sources import RawDataset, read_source
 from mamlscope.errors import ConfigError, DataError
-from mamlscope.prepared import COLUMNS, PreparedDataset, prepare_dataset
-from mamlscope.sources import RawDataset, read_source
 
 GROUPS, CLASSES, PER_CLASS = ("g2", "g1"), ("c2", "c1"), 3
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mamlscope.prepared import PreparedDataset, prepare_dataset
-from mamlscope.sources import read_source
+from mamlscope.data.prepared import PreparedDataset, prepare_dataset
+from mamlscope.data.sources import read_source
 
 pytestmark = pytest.mark.realdata
 

@@ -20,8 +20,10 @@ import pandas as pd
 import pytest
 import torch
 
+import mamlscope.resume as resume_module
 import mamlscope.train as train_module
-from mamlscope.train import RESUME_FORMAT, resume_state_path, run_training
+from mamlscope.resume import RESUME_FORMAT, resume_state_path
+from mamlscope.train import run_training
 
 METRIC_COLUMNS = ["step", "phase", "loss", "accuracy", "method", "seed"]
 
@@ -52,8 +54,8 @@ def tiny_digits(tmp_path_factory) -> dict:
     from conftest import prepared_files, split_files
 
     from mamlscope.config import data_section, load_schema, validate_config
-    from mamlscope.prepared import prepare_dataset
-    from mamlscope.splits import write_split
+    from mamlscope.data.prepared import prepare_dataset
+    from mamlscope.data.splits import write_split
 
     raw = {
         "seeds": [0],
@@ -271,7 +273,7 @@ def test_a_state_written_by_other_code_is_not_resumed(tiny_digits, tmp_path, mon
         crash_after(patch, 20)
         with pytest.raises(Crash):
             run(tiny_digits, tmp_path, "maml", resume_every_steps=2)
-    monkeypatch.setattr(train_module, "_code_fingerprint", lambda: "another version")
+    monkeypatch.setattr(resume_module, "_code_fingerprint", lambda: "another version")
     assert run(tiny_digits, tmp_path, "maml", resume_every_steps=2).resumed_from == 0
 
 

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mamlscope import archives
+from mamlscope.data import archives
+from mamlscope.data.sources import RawDataset, read_source
 from mamlscope.errors import ConfigError, DataError
 from mamlscope.io import md5sum
-from mamlscope.sources import RawDataset, read_source
 
 ALPHABETS = ("Alpha", "Beta")
 CHARACTERS = ("character01", "character02", "character03")
@@ -558,7 +558,7 @@ def test_unknown_source_is_a_config_error() -> None:
 def test_reader_defaults_are_the_schemas():
     """A reader given a bare dataset entry fills what validation would: one default each."""
     from mamlscope.config import data_section, validate_config
-    from mamlscope.sources import resolve_config
+    from mamlscope.data.sources import resolve_config
 
     entry = {
         "source": "digits",

@@ -9,16 +9,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mamlscope.config import validate_config
-from mamlscope.errors import ConfigError, DataError
-from mamlscope.pools import choose_groups
-from mamlscope.prepared import build_index
-from mamlscope.sources import RawDataset
-from mamlscope.splits import (
+from mamlscope.data.pools import choose_groups
+from mamlscope.data.prepared import build_index
+from mamlscope.data.sources import RawDataset
+from mamlscope.data.splits import (
     check_episode_budget,
     make_episodes,
     make_pools,
     write_split,
 )
+from mamlscope.errors import ConfigError, DataError
 
 FAST = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -467,7 +467,7 @@ def test_write_split_leaves_no_folder_when_checks_fail(tmp_path, split, episodes
 @pytest.fixture(scope="module")
 def omniglot_small(shared_data) -> pd.DataFrame:
     """The index of config/omniglot-small.yaml's data: small1 + small2, with rotations."""
-    from mamlscope.sources import read_source
+    from mamlscope.data.sources import read_source
 
     cfg = {
         "source": "omniglot",

@@ -12,15 +12,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mamlscope.errors import ConfigError, DataError
-from mamlscope.splits import make_episodes
-from mamlscope.tasks import (
+from mamlscope.data.splits import make_episodes
+from mamlscope.data.tasks import (
     TaskSampler,
     _choose,
     images_to_tensor,
     iterate_episodes,
     normalize_batch,
 )
+from mamlscope.errors import ConfigError, DataError
 
 MEAN, STD = [0.25], [0.5]
 

@@ -173,7 +173,7 @@ def test_unknown_method_is_a_config_error_naming_it(tiny_digits, tmp_path):
 
 
 def test_train_maml_refuses_a_method_that_is_not_a_maml_flavour(tiny_digits):
-    from mamlscope.prepared import PreparedDataset
+    from mamlscope.data.prepared import PreparedDataset
 
     data = PreparedDataset.load(tiny_digits["data_dir"])
     pools = pd.read_parquet(tiny_digits["split_dir"] / "pools.parquet")
@@ -222,7 +222,7 @@ def test_auto_device_is_cpu_without_cuda():
 def test_baseline_trains_on_disjoint_classes_protocol(tiny_digits, tmp_path):
     """Protocol `classes`: the baseline's head covers only the meta-train classes, and its
     validation holds out train images (the val pool's classes are unseen)."""
-    from mamlscope.splits import write_split
+    from mamlscope.data.splits import write_split
 
     cfg = copy.deepcopy(tiny_digits["cfg"])
     cfg["split"] = {"protocol": "classes", "train": 6, "val": 2, "keep_groups": False}

@@ -63,7 +63,7 @@ def _device(name: str) -> torch.device:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from mamlscope.checkpoint import load_checkpoint
-    from mamlscope.episode_table import IMAGE_KEYS, episode_batches, read_episode_table
+    from mamlscope.data.episode_table import IMAGE_KEYS, episode_batches, read_episode_table
     from mamlscope.evaluate import EvalSettings, evaluate_checkpoint_on, summarize
 
     if args.batch < 1:

@@ -15,35 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import numpy as np
 import yaml
 
+from mamlscope.data.facts import KNOWN_CLASSES, known_sizes
+from mamlscope.data.pools import POOLS, example_pool_sizes
 from mamlscope.errors import ConfigError
-from mamlscope.pools import POOLS, example_pool_sizes
 
-# Classes each source is known to have (before rotation augmentation); None: read from data.
-KNOWN_CLASSES: dict[str, int | None] = {
-    "mnist5k": 10,
-    "digits": 10,
-    "mnist": 10,
-    "cifar10": 10,
-    "omniglot": None,
-    "imagefolder": None,
-}
-_MNIST_TEST = (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)
-# Examples per class (in class order) of each source's own sets, the index's `origin`,
-# where the source fixes them; mnist5k's `test` is there with `test_images` only.
-KNOWN_EXAMPLES: dict[str, dict[str, tuple[int, ...]]] = {
-    "mnist5k": {"train": (500,) * 10, "test": _MNIST_TEST},
-    "digits": {"train": (178, 182, 177, 183, 181, 182, 181, 179, 174, 180)},
-    "mnist": {
-        "train": (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949),
-        "test": _MNIST_TEST,
-    },
-    "cifar10": {"train": (5000,) * 10, "test": (1000,) * 10},
-}
-# Drawings of every Omniglot character (20 drawers), whichever sets are read.
-OMNIGLOT_DRAWINGS = 20
 # Sections a dataset may override over the top-level ones.
 OVERRIDABLE = ("model", "baseline", "maml")
 
@@ -241,22 +218,6 @@ def _check_split(where: str, ds: dict[str, Any]) -> None:
         )
 
 
-def _known_sizes(ds: Mapping[str, Any]) -> dict[str, np.ndarray] | None:
-    """Examples per base class by origin where the source fixes them, else None."""
-    source = ds["source"]
-    if source == "omniglot":
-        return {"*": np.array([OMNIGLOT_DRAWINGS])}  # whichever sets: no origin is known
-    table = KNOWN_EXAMPLES.get(source)
-    if table is None:
-        return None
-    origins = list(dict.fromkeys(ds["sets"] or table))  # mnist, cifar10
-    if source in ("mnist5k", "digits"):
-        origins = ["train", "test"] if ds["test_images"] else ["train"]
-    if any(o not in table for o in origins):
-        return None  # the reader names the sets there are
-    return {o: np.asarray(table[o], dtype=np.int64) for o in origins}
-
-
 def _check_episodes_fit(where: str, ds: dict[str, Any]) -> None:
     """``way`` and ``shot + query`` against the pools the split job will make.
 
@@ -268,7 +229,7 @@ def _check_episodes_fit(where: str, ds: dict[str, Any]) -> None:
     way, shot, query = (ds["episodes"][k] for k in ("way", "shot", "query"))
     rot = 4 if ds["rotations"] else 1
     known = KNOWN_CLASSES[source]
-    sizes = _known_sizes(ds)
+    sizes = known_sizes(ds)
     fix_way = f"lower {where}.episodes.way or give the pool more classes"
     fix_need = f"lower {where}.episodes.shot or {where}.episodes.query"
     need = f"{where}.episodes.shot + {where}.episodes.query: {shot} + {query} = {shot + query}"

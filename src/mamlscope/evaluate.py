@@ -23,13 +23,13 @@ from torch import nn
 from mamlscope import __version__
 from mamlscope.checkpoint import Checkpoint, load_checkpoint
 from mamlscope.config import evaluate_section
+from mamlscope.data.prepared import PreparedDataset
+from mamlscope.data.tasks import images_to_tensor, iterate_episodes
 from mamlscope.errors import ConfigError
 from mamlscope.finetune import Batch, evaluate_finetune, plain_accuracy
 from mamlscope.io import atomic_path
 from mamlscope.maml import adapt_and_predict
-from mamlscope.prepared import PreparedDataset
 from mamlscope.runtime import resolve_device, set_threads
-from mamlscope.tasks import images_to_tensor, iterate_episodes
 
 log = logging.getLogger("mamlscope")
 

@@ -4,31 +4,18 @@ Both loops return the trained model and a metrics table (step, phase, loss, accu
 elapsed seconds); `run_training` ties them to the prepared data, the split and a
 checkpoint so that a Snakemake rule is one call.
 
-Training is resumable: every `resume_every_steps` steps or `resume_every_seconds` seconds
-(and at once on SIGTERM, which SLURM sends before a time limit or preemption kills a
-job), both loops write a resume state (model, optimiser, every random generator, the
-position in the run and the metrics so far) to `.resume/` beside the checkpoint. A job
-started again with the same training config, inputs and code continues from it and ends
-with exactly the weights of an uninterrupted run; anything else starts over. The folder
-is not a declared output, so Snakemake's clean-up of a failed job leaves it; it is
-removed once the final checkpoint is written.
+Training is resumable (:mod:`mamlscope.resume`): both loops write a resume state when due
+and on SIGTERM, and a rerun of the same run continues from it to the same weights.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import logging
 import os
-import random
-import signal
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,18 +24,18 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from mamlscope import __version__
 from mamlscope.checkpoint import ModelSpec, save_checkpoint
 from mamlscope.config import METHODS
-from mamlscope.errors import ConfigError, MamlscopeError
+from mamlscope.data.prepared import PreparedDataset
+from mamlscope.data.tasks import TaskSampler, configured_episodes, images_to_tensor, normalize_batch
+from mamlscope.errors import ConfigError
 from mamlscope.evaluate import evaluate_maml
 from mamlscope.finetune import plain_accuracy
-from mamlscope.io import atomic_path, md5sum, remove_stale_temporaries
+from mamlscope.io import atomic_path
 from mamlscope.maml import meta_step
 from mamlscope.maml.graph import GraphedMetaStep, load_optimizer_state, plan_training_step
-from mamlscope.prepared import PreparedDataset
+from mamlscope.resume import Resume, resume_key, resume_state_path, set_rng_state, sigterm_saves
 from mamlscope.runtime import resolve_device, seed_everything, set_threads
-from mamlscope.tasks import TaskSampler, configured_episodes, images_to_tensor, normalize_batch
 
 log = logging.getLogger("mamlscope")
 
@@ -135,192 +122,6 @@ class _StepLog:
         return values[-1]
 
 
-# --- resume states ------------------------------------------------------------------------
-
-RESUME_FORMAT = "mamlscope-resume/1"
-RESUME_DIR = ".resume"
-_RESUME_ENTRIES = ("format", "key", "complete", "step", "model", "optimizer", "rng", "metrics")
-
-
-class TrainingInterrupted(MamlscopeError):
-    """SIGTERM arrived (a time limit or preemption): the resume state is written; rerun."""
-
-
-def resume_state_path(checkpoint: str | os.PathLike[str]) -> Path:
-    """Where the run that writes ``checkpoint`` keeps its resume state: ``.resume/`` beside
-    it, outside the job's declared outputs (Snakemake deletes those when a job fails)."""
-    checkpoint = Path(checkpoint)
-    return checkpoint.parent / RESUME_DIR / f"{checkpoint.name}.state"
-
-
-def _code_fingerprint() -> str:
-    """The library version and a digest of its Python sources: a state written by other
-    code is not resumed (a code edit may change what a step computes)."""
-    root = Path(__file__).resolve().parent
-    digest = hashlib.sha256(__version__.encode())
-    for path in sorted(root.rglob("*.py")):
-        digest.update(path.relative_to(root).as_posix().encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-def resume_key(
-    config: Mapping[str, Any], method: str, seed: int, inputs: list[str | os.PathLike[str]]
-) -> str:
-    """What a resume state must have been written under to be resumed: the training config,
-    method, seed, the code (`_code_fingerprint`) and the input files' contents."""
-    blob = json.dumps(
-        {
-            "format": RESUME_FORMAT,
-            "config": config,
-            "method": method,
-            "seed": int(seed),
-            "code": _code_fingerprint(),
-            "inputs": [md5sum(path) for path in inputs],
-        },
-        sort_keys=True,
-        default=str,
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def _rng_state() -> dict[str, Any]:
-    """Every global generator a training step may draw from (the loops' own generators
-    are saved beside): torch's CPU and CUDA ones, numpy's and Python's."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": [kind, torch.from_numpy(np.asarray(keys).astype(np.int64)), pos, has_gauss, gauss],
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-class _Resume:
-    """Writes a run's resume state when due and reads it back when it fits.
-
-    ``path`` None: never read nor written. ``every_steps`` / ``every_seconds`` (0: off)
-    since the last write; ``stop_requested`` is set by SIGTERM (`_sigterm_saves`), and
-    the loops then write at once and stop.
-    """
-
-    def __init__(
-        self,
-        path: str | os.PathLike[str] | None = None,
-        key: str = "",
-        every_steps: int = 0,
-        every_seconds: float = 0.0,
-    ) -> None:
-        self.path = Path(path) if path is not None else None
-        self.key = key
-        self.every_steps = int(every_steps or 0)
-        self.every_seconds = float(every_seconds or 0)
-        self.last_step = 0
-        self.last_time = time.monotonic()
-        self.stop_requested = False
-
-    def load(self) -> dict[str, Any] | None:
-        """The saved state if there is one that fits this run, else None (and why, logged).
-
-        A state is used only if it loads, has this format, every entry, `complete` set
-        and this run's key. Writes go through `atomic_path`, so a kill while writing
-        leaves the previous state (or none), never a partial file here.
-        """
-        if self.path is None:
-            return None
-        remove_stale_temporaries(self.path)  # what a writer killed mid-write left
-        if not self.path.is_file():
-            return None
-        try:
-            payload = torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # truncated, empty, foreign: torch raises several types
-            return self._ignore(f"it does not load ({type(exc).__name__}: {exc})")
-        if not isinstance(payload, dict) or payload.get("format") != RESUME_FORMAT:
-            found = payload.get("format") if isinstance(payload, dict) else type(payload)
-            return self._ignore(f"its format is {found!r}, not {RESUME_FORMAT!r}")
-        missing = [key for key in _RESUME_ENTRIES if key not in payload]
-        if missing or payload["complete"] is not True:
-            return self._ignore(f"it is incomplete (missing {missing or ['complete']})")
-        if payload["key"] != self.key:
-            return self._ignore(
-                "it was written under other training params, inputs or code "
-                "(its key differs from this run's)"
-            )
-        self.last_step = int(payload["step"])
-        return payload
-
-    def _ignore(self, why: str) -> None:
-        log.warning("resume state %s not used, training starts over: %s", self.path, why)
-        return None
-
-    def due(self, step: int, total: int) -> bool:
-        """Whether to write now, after `step` of `total` (never after the last: the final
-        checkpoint follows at once)."""
-        if self.path is None or step >= total:
-            return False
-        if self.stop_requested:
-            return True
-        if self.every_steps and step - self.last_step >= self.every_steps:
-            return True
-        return bool(self.every_seconds) and (
-            time.monotonic() - self.last_time >= self.every_seconds
-        )
-
-    def save(self, step: int, state: dict[str, Any]) -> None:
-        assert self.path is not None
-        payload = {"format": RESUME_FORMAT, "version": __version__, "key": self.key}
-        payload |= {"step": step, **state, "rng": _rng_state(), "complete": True}
-        with atomic_path(self.path) as tmp:
-            torch.save(payload, tmp)
-        self.last_step, self.last_time = step, time.monotonic()
-        if self.stop_requested:
-            log.warning("SIGTERM: resume state written at step %d; stopping", step)
-            raise TrainingInterrupted(
-                f"stopped by SIGTERM at step {step}; the resume state {self.path} is "
-                "written and a rerun continues from it"
-            )
-
-    def clear(self) -> None:
-        """Delete the state (the run is complete) and its folder when that is empty."""
-        if self.path is None:
-            return
-        remove_stale_temporaries(self.path)
-        self.path.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            self.path.parent.rmdir()
-
-
-@contextlib.contextmanager
-def _sigterm_saves(resume: _Resume) -> Iterator[None]:
-    """While training, SIGTERM asks the loop to write its resume state at the end of the
-    current step and stop (SLURM sends it before a time limit or preemption kills the
-    job). Only in the main thread, where Python allows signal handlers."""
-    if resume.path is None or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        resume.stop_requested = True
-
-    previous: Callable[..., Any] | int | None = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _model_spec(
     ds_cfg: dict[str, Any], in_shape: tuple[int, int, int], classes: int, running_stats: bool
 ) -> ModelSpec:
@@ -343,7 +144,7 @@ def train_baseline(
     seed: int,
     device: torch.device,
     progress: bool = True,
-    resume: _Resume | None = None,
+    resume: Resume | None = None,
 ) -> TrainResult:
     """Standard supervised training on the meta-train pool (Adam with L2, BatchNorm with
     running statistics), validated each epoch on held-out images of the same classes.
@@ -351,7 +152,7 @@ def train_baseline(
     ``resume``: where and how often to write a resume state, and one to continue from;
     the state is taken after a step (after the epoch's validation at an epoch's end).
     """
-    resume = resume or _Resume()
+    resume = resume or Resume()
     cfg = ds_cfg["baseline"]
     seed_everything(seed)
     index = data.index.set_index("example_id")
@@ -394,7 +195,7 @@ def train_baseline(
         metrics.restore(state["metrics"], state["elapsed_s"])
         step, first_epoch = int(state["step"]), int(state["epoch"])
         done_in_epoch, order = int(state["batch_in_epoch"]), state["order"]
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         log.info("resuming baseline training after step %d of %d", step, total)
     resumed_from = step
     bar = _progress(total=total, initial=step, desc="baseline", disable=not progress)
@@ -451,7 +252,7 @@ def train_maml(
     seed: int,
     device: torch.device,
     progress: bool = True,
-    resume: _Resume | None = None,
+    resume: Resume | None = None,
 ) -> TrainResult:
     """Finn et al. (2017) Algorithm 1: Adam on the mean query loss after inner SGD steps,
     tasks sampled on the fly from the meta-train pool, validated on fixed val episodes.
@@ -467,7 +268,7 @@ def train_maml(
     step's loss and accuracy are read from the device every `LOG_EVERY` steps, before a
     validation or resume state and at the end, not after every step.
     """
-    resume = resume or _Resume()
+    resume = resume or Resume()
     if method not in MAML_ORDER:
         raise ConfigError(f"method '{method}' is not a MAML flavour; use one of {list(MAML_ORDER)}")
     cfg, ep = ds_cfg["maml"], ds_cfg["episodes"]
@@ -508,7 +309,7 @@ def train_maml(
         sampler.generator.set_state(state["generator"])
         metrics.restore(state["metrics"], state["elapsed_s"])
         resumed_from = int(state["step"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         log.info("resuming %s after meta-step %d of %d", method, resumed_from, total)
     bar = _progress(
         range(resumed_from + 1, total + 1),
@@ -627,15 +428,15 @@ def run_training(
     log.info("training %s on %s (seed %d, device %s)", method, images, seed, torch_device)
     cfg = dict(config)
     inputs = [images, index, meta, pools] + ([val_episodes] if method != "baseline" else [])
-    state = _Resume()
+    state = Resume()
     if resume:
-        state = _Resume(
+        state = Resume(
             resume_state_path(checkpoint),
             resume_key(cfg, method, seed, inputs),
             resume_every_steps,
             resume_every_seconds,
         )
-    with _sigterm_saves(state):
+    with sigterm_saves(state):
         if method == "baseline":
             result = train_baseline(
                 data,

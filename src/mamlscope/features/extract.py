@@ -25,6 +25,8 @@ import torch
 from torch import nn
 
 from mamlscope.checkpoint import load_checkpoint
+from mamlscope.data.prepared import PreparedDataset
+from mamlscope.data.tasks import images_to_tensor, normalize_batch
 from mamlscope.evaluate import EvalSettings
 from mamlscope.features.activations import (
     activations_frame,
@@ -37,9 +39,7 @@ from mamlscope.finetune import features_of, fit_heads
 from mamlscope.io import atomic_path
 from mamlscope.maml import adapt
 from mamlscope.models import statistics_from_first
-from mamlscope.prepared import PreparedDataset
 from mamlscope.runtime import resolve_device, set_threads
-from mamlscope.tasks import images_to_tensor, normalize_batch
 
 log = logging.getLogger("mamlscope")
 Acts = dict[str, torch.Tensor]

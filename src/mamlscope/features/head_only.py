@@ -20,13 +20,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from mamlscope.checkpoint import load_checkpoint
+from mamlscope.data.prepared import PreparedDataset
+from mamlscope.data.tasks import images_to_tensor
 from mamlscope.evaluate import EvalSettings, summarize
 from mamlscope.finetune import features_of
 from mamlscope.io import atomic_path
 from mamlscope.models import batch_statistics, statistics_from_first
-from mamlscope.prepared import PreparedDataset
 from mamlscope.runtime import resolve_device, set_threads
-from mamlscope.tasks import images_to_tensor
 
 COLUMNS = ("dataset", "method", "seed", "adaptation", "batchnorm", "mean", "ci95", "episodes")
 

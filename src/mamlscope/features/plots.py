@@ -23,15 +23,15 @@ import torch
 from PIL import Image
 
 from mamlscope.checkpoint import load_checkpoint
+from mamlscope.data.prepared import PreparedDataset
+from mamlscope.data.tasks import images_to_tensor, normalize_batch
 from mamlscope.features import figures
 from mamlscope.features.activations import layer_activations, layer_matrix, read_activations
 from mamlscope.features.embedding import embed
 from mamlscope.features.maximise import maximise
 from mamlscope.features.saliency import saliency_maps
 from mamlscope.io import atomic_path
-from mamlscope.prepared import PreparedDataset
 from mamlscope.runtime import resolve_device, set_threads
-from mamlscope.tasks import images_to_tensor, normalize_batch
 
 log = logging.getLogger("mamlscope")
 

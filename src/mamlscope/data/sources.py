@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from mamlscope.archives import (
+from mamlscope.data.archives import (
     decode_images,
     extract_tar,
     find_idx,

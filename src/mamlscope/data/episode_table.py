@@ -18,7 +18,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from mamlscope.errors import DataError
-from mamlscope.tasks import normalize_batch
+from mamlscope.data.tasks import normalize_batch
 
 COLUMNS = ("episode", "role", "image", "label")
 IMAGE_KEYS = ("image_size", "channels", "invert", "normalize.mean", "normalize.std")
@@ -87,7 +87,7 @@ def check_episodes(
 ) -> tuple[int, int, int]:
     """(way, shot, query) shared by every episode, or a DataError naming the first bad one.
 
-    As in the pipeline (`mamlscope.tasks`), an episode has labels 0..N-1, each with the
+    As in the pipeline (`mamlscope.data.tasks`), an episode has labels 0..N-1, each with the
     same number K of support and Q of query rows, and all episodes share N, K and Q:
     otherwise a label the support never shows would count as a miss, a skipped label
     would silently widen a fresh head, and unequal classes would weight the accuracy.

@@ -20,10 +20,10 @@ import torch
 
 from mamlscope.config import check_normalize
 from mamlscope.errors import ConfigError, DataError
-from mamlscope.splits import check_way_shot, pool_table
+from mamlscope.data.splits import check_way_shot, pool_table
 
-if TYPE_CHECKING:  # only for the hint; mamlscope.prepared need not exist to import this
-    from mamlscope.prepared import PreparedDataset
+if TYPE_CHECKING:  # only for the hint; mamlscope.data.prepared need not exist to import this
+    from mamlscope.data.prepared import PreparedDataset
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 Stats = Sequence[float] | torch.Tensor

@@ -2,7 +2,7 @@
 
 A *pool* is the set of examples a stage may touch: ``train`` (meta-training or standard
 training), ``val`` (model selection) and ``test`` (the reported numbers); they are made
-in :mod:`mamlscope.pools` (``make_pools`` is re-exported here). Evaluation
+in :mod:`mamlscope.data.pools` (``make_pools`` is re-exported here). Evaluation
 episodes are drawn once, written to disk and shared by every method, so differences in
 accuracy come from the methods and not from the luck of the draw.
 
@@ -24,7 +24,7 @@ import pandas as pd
 
 from mamlscope.errors import ConfigError, DataError
 from mamlscope.io import atomic_path
-from mamlscope.pools import POOLS, example_pool_sizes, make_pools, source_ids
+from mamlscope.data.pools import POOLS, example_pool_sizes, make_pools, source_ids
 
 # The files of one seed's split folder (the workflow's rules name them from here too).
 POOLS_FILE, VAL_EPISODES, TEST_EPISODES = (
@@ -61,7 +61,7 @@ def _pool_classes(index: pd.DataFrame, pools: pd.DataFrame, pool: str) -> pd.Dat
 def pool_table(index: pd.DataFrame, example_ids: np.ndarray) -> pd.DataFrame:
     """Class of each given example, sorted by ``class_id`` then ``example_id``.
 
-    Shared with :mod:`mamlscope.tasks` so episodes and sampled tasks see one class table.
+    Shared with :mod:`mamlscope.data.tasks` so episodes and sampled tasks see one class table.
     """
     lookup = index.set_index("example_id")["class_id"]
     ids = np.unique(np.asarray(example_ids, dtype=np.int64))

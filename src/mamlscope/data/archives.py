@@ -1,4 +1,4 @@
-"""Low-level readers behind `mamlscope.sources`: checksums, IDX files, archives, image decoding.
+"""Low-level readers behind `mamlscope.data.sources`: checksums, IDX files, archives, image decoding.
 
 Kept apart from the per-source logic so each piece can be tested on tiny files and so every
 failure is turned into a `DataError` that names the file, never a bare traceback.
@@ -257,7 +257,7 @@ def to_array(image: Image.Image, size: int, channels: int) -> np.ndarray:
         # Mode "1" (Omniglot) and palettes go through L so bilevel pixels become 0/255.
         image = image.convert("L") if image.mode in ("1", "I", "I;16", "F") else image
         image = image.convert(mode)
-    if image.size != (size, size):  # LANCZOS both ways, as mamlscope.episode_table does
+    if image.size != (size, size):  # LANCZOS both ways, as mamlscope.data.episode_table does
         image = image.resize((size, size), Image.LANCZOS)
     arr = np.asarray(image, dtype=np.uint8)
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
