@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= all
 
-.PHONY: run test test-slurm dry-run benchmark time-workflow clean
+.PHONY: run test test-fast typecheck test-slurm dry-run benchmark time-workflow clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,10 +22,20 @@ run: $(BIN)/.installed
 dry-run: $(BIN)/.installed
 	$(BIN)/snakemake -n
 
+# Lint, format, type check, then every test (the workflow tests share one tiny pipeline run
+# per session, tests/conftest.py); the slowest tests are listed at the end.
 test: $(BIN)/.installed
 	$(BIN)/ruff check src tests scripts benchmarks
 	$(BIN)/ruff format --check src tests scripts benchmarks
-	$(BIN)/python -m pytest -q
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q --durations=15
+
+# The unit tests only (no Snakemake run, nothing marked slow): under a minute on 2 cores.
+test-fast: $(BIN)/.installed
+	$(BIN)/python -m pytest -q -m "not workflow and not slow and not slurm" --durations=5
+
+typecheck: $(BIN)/.installed
+	$(BIN)/mypy
 
 # profiles/slurm on a real one-node SLURM on localhost (root; installs slurm-wlm and munge
 # with apt-get when missing; stops its daemons at the end). CI runs it after `test`.

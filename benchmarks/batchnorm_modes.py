@@ -22,6 +22,7 @@ from mamlscope.data.prepared import PreparedDataset
 from mamlscope.data.tasks import images_to_tensor
 from mamlscope.evaluate import EvalSettings, evaluate_checkpoint_on, summarize
 from mamlscope.maml import BATCHNORM_MODES
+from mamlscope.methods import method
 
 
 def modes_table(config: dict, results: Path) -> pd.DataFrame:
@@ -31,7 +32,7 @@ def modes_table(config: dict, results: Path) -> pd.DataFrame:
         images = images_to_tensor(data.images, "cpu")
         for checkpoint in sorted((results / dataset).glob("*/seed*/model.pt")):
             ckpt = load_checkpoint(checkpoint, "cpu")
-            if ckpt.method == "baseline":
+            if not method(ckpt.method).is_meta:  # BatchNorm modes are a meta method's
                 continue
             split = results / dataset / "split" / checkpoint.parent.name
             episodes = pd.read_parquet(split / "episodes_test.parquet")

@@ -18,14 +18,12 @@ load from other jobs on the machine hits both alike; ``--legacy`` adds the forme
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import platform
 import statistics
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +34,7 @@ from mamlscope.config import load_config
 from mamlscope.data.pools import make_pools
 from mamlscope.data.prepared import PreparedDataset, prepare_dataset
 from mamlscope.data.tasks import TaskSampler
-from mamlscope.maml import meta_step, strategies
+from mamlscope.maml import STRATEGY_TABLE, Gradient, InnerLoop, meta_step, resolve_strategy
 from mamlscope.maml.api import FD_EPSILON
 from mamlscope.models import build_model
 
@@ -46,15 +44,24 @@ TRAJECTORIES = {  # config -> (dataset, meta-steps of the shortened trajectory o
 }
 
 
-@contextlib.contextmanager
-def gates_not_held() -> Iterator[None]:
-    """The former behaviour for comparison: the recursion gets no gate pattern to hold."""
-    saved = strategies.record_gates
-    strategies.record_gates = lambda forward: (forward(), None)[1]  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        strategies.record_gates = saved
+def unheld_fd(
+    model: torch.nn.Module,
+    batch: tuple[torch.Tensor, ...],
+    *,
+    fd_epsilon: float,
+    inner_lr: float,
+    inner_steps: int,
+) -> dict[str, torch.Tensor]:
+    """The former behaviour for comparison: central differences with no gate held, in the
+    model's dtype, by the strategy ``"auto"`` picks (all tasks at once)."""
+    chosen = resolve_strategy("auto", model, next(model.parameters()).device)
+    out = STRATEGY_TABLE[chosen].meta(
+        model,
+        *batch,
+        inner=InnerLoop(inner_lr, inner_steps),
+        gradient=Gradient("finite-difference", fd_epsilon, held=False),
+    )
+    return {k: g.detach() for k, g in out.grads.items()}
 
 
 def load(config: str, name: str, cache: Path, seed: int) -> tuple[dict[str, Any], TaskSampler]:
@@ -117,9 +124,12 @@ def fidelity(config: str, name: str, steps: int | None, args: argparse.Namespace
             first = meta_step(model, *batch, order="first", **kw).grads
             first_rel.append(compare(first, exact.grads)[1])
             for label, eps, held in variants:
-                with contextlib.nullcontext() if held else gates_not_held():
+                if held:
                     fd = meta_step(model, *batch, order="finite-difference", fd_epsilon=eps, **kw)
-                checks[label].append((step, *compare(fd.grads, exact.grads)))
+                    fd_grads = fd.grads
+                else:
+                    fd_grads = unheld_fd(model, batch, fd_epsilon=eps, **kw)
+                checks[label].append((step, *compare(fd_grads, exact.grads)))
         for k, g in exact.grads.items():
             params[k].grad = g
         optimizer.step()
@@ -171,13 +181,9 @@ def timing(args: argparse.Namespace) -> dict[str, Any]:
         batch = sampler.sample(cfg["meta_batch"])
         spec = dict(impls[label])
         if spec.pop("legacy", False):
-            with gates_not_held():
-                double = copy.deepcopy(model).double()
-                sx, sy, qx, qy = batch
-                g = meta_step(
-                    double, sx.double(), sy, qx.double(), qy,
-                    order="finite-difference", fd_epsilon=1e-8, **kw,
-                ).grads  # fmt: skip
+            double = copy.deepcopy(model).double()
+            sx, sy, qx, qy = batch
+            g = unheld_fd(double, (sx.double(), sy, qx.double(), qy), fd_epsilon=1e-8, **kw)
             grads = {k: v.float() for k, v in g.items()}
         else:
             grads = meta_step(model, *batch, **spec, **kw).grads

@@ -178,6 +178,7 @@ def graphed_step(model, batch, s: Setting):
     Replays launch the whole step at once, removing Python and launch overhead. Before
     timing, the graph's meta-gradient is compared with an eager one at the same weights.
     """
+    from mamlscope.maml import Gradient, InnerLoop
     from mamlscope.maml.strategies import batched_meta
 
     names = [n for n, _ in model.named_parameters()]
@@ -185,7 +186,7 @@ def graphed_step(model, batch, s: Setting):
     opt = torch.optim.Adam(params, lr=1e-3, capturable=True)
     for p in params:
         p.grad = torch.zeros_like(p)
-    kw = {"inner_lr": s.inner_lr, "inner_steps": s.steps, "order": s.order, "fd_epsilon": 1e-8}
+    kw = {"inner": InnerLoop(s.inner_lr, s.steps), "gradient": Gradient(s.order, 1e-8)}
 
     def body():
         grads = batched_meta(model, *batch, **kw).grads

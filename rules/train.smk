@@ -7,7 +7,7 @@ rule train:
         index=rules.prepare_dataset.output.index,
         meta=rules.prepare_dataset.output.meta,
         pools=rules.split_dataset.output.pools,
-        # Read by the MAML flavours only (validation); written with the pools.
+        # Read by meta-learning methods only (validation); written with the pools.
         val=rules.split_dataset.output.val,
     output:
         checkpoint="results/{dataset}/{method}/seed{seed}/model.pt",
@@ -34,7 +34,7 @@ rule evaluate:
         images=rules.prepare_dataset.output.images,
         index=rules.prepare_dataset.output.index,
         meta=rules.prepare_dataset.output.meta,
-        # The baseline's plain test accuracy reads the pools.
+        # Plain test accuracy (methods that report it) reads the pools.
         pools=rules.split_dataset.output.pools,
         test=rules.split_dataset.output.test,
     output:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,21 @@ def split_files(split_dir: Path) -> dict[str, Path]:
         "val_episodes": split_dir / "episodes_val.parquet",
         "test_episodes": split_dir / "episodes_test.parquet",
     }
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/tiny.yaml run for real once per test session, report included: the folder of
+    an up-to-date results tree that every workflow test reads (and dry-runs edits against;
+    a test that changes a workflow file puts it back)."""
+    import time
+
+    from workflow_tools import copy_workflow, snakemake
+
+    folder = copy_workflow(tmp_path_factory.mktemp("tiny_pipeline"))
+    shutil.copy(Path(__file__).with_name("tiny.yaml"), folder / "tiny.yaml")
+    start = time.perf_counter()
+    result = snakemake("--cores", "2", "--configfile", "tiny.yaml", cwd=folder)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    print(f"the tiny pipeline, report included: {time.perf_counter() - start:.1f} s")
+    return folder

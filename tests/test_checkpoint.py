@@ -17,6 +17,9 @@ SPECS = {
     "fc": ModelSpec("fc", (1, 8, 8), 5, hidden=[32, 16]),
     "fc-running-stats": ModelSpec("fc", (1, 8, 8), 10, hidden=[32, 16], running_stats=True),
     "conv4": ModelSpec("conv4", (1, 8, 8), 5, filters=4, running_stats=True),
+    "resnet12": ModelSpec(
+        "resnet12", (3, 16, 16), 5, running_stats=True, options={"channels": [2, 3, 4, 5]}
+    ),
 }
 CONFIG = {"episodes": {"way": 5, "shot": 1}, "nested": {"list": [1, 2.5, "x"], "none": None}}
 
@@ -88,6 +91,29 @@ def test_method_seed_config_and_version_travel(saved):
     payload = torch.load(saved, weights_only=True)
     assert payload["format"] == FORMAT
     assert payload["spec"]["in_shape"] == [1, 8, 8]
+
+
+def test_a_checkpoint_written_before_model_options_existed_still_loads(saved):
+    payload = torch.load(saved, weights_only=True)
+    assert payload["spec"]["options"] == {}
+    del payload["spec"]["options"]  # the spec as earlier versions wrote it
+    torch.save(payload, saved)
+    ckpt = load_checkpoint(saved)
+    assert ckpt.spec == SPECS["fc"] and ckpt.spec.options == {}
+    assert torch.equal(ckpt.model.fc1.weight, trained_like(SPECS["fc"]).fc1.weight)
+
+
+def test_model_options_travel(tmp_path):
+    spec = SPECS["resnet12"]
+    save_checkpoint(tmp_path / "m.pt", trained_like(spec), spec, method="maml", seed=0, config={})
+    assert torch.load(tmp_path / "m.pt", weights_only=True)["spec"]["options"] == spec.options
+    model = load_checkpoint(tmp_path / "m.pt").model
+    assert [model.get_submodule(f"block{i}").conv1.out_channels for i in range(1, 5)] == [
+        2,
+        3,
+        4,
+        5,
+    ]
 
 
 def test_training_writes_a_checkpoint_with_its_resolved_config(tiny_digits, tmp_path):
@@ -177,6 +203,8 @@ def test_a_torch_file_not_written_by_mamlscope(tmp_path, obj):
         {"arch": "conv4", "filters": 8, "hidden": None},  # another architecture
         {"running_stats": True},  # buffers the weights lack
         {"arch": "resnet18"},  # an architecture this version does not know
+        {"options": {"channels": [4, 4, 8, 8]}},  # options fc does not take
+        {"arch": "resnet12", "in_shape": [1, 16, 16], "options": {"channels": [4, 4, 8, 8]}},
         {"depth": 3},  # a spec field this version does not know
     ],
     ids=lambda e: "-".join(e),

@@ -17,6 +17,7 @@ from PIL import Image
 from mamlscope.cli import main
 from mamlscope.data.prepared import PreparedDataset
 from mamlscope.evaluate import EvalSettings, run_evaluation
+from mamlscope.methods import method_names
 from mamlscope.train import run_training
 
 CONSOLE_SCRIPT = Path(sys.executable).parent / "mamlscope"
@@ -32,9 +33,10 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def checkpoints(tiny_digits, tmp_path_factory) -> dict[str, dict]:
-    """A maml and a baseline checkpoint, each with its accuracy on the fixed test episodes."""
+    """A checkpoint of every registered method, each with its accuracy on the fixed test
+    episodes."""
     out = {}
-    for method in ("maml", "baseline"):
+    for method in method_names():
         folder = tmp_path_factory.mktemp(f"cli-{method}")
         run_training(
             images=tiny_digits["images"],
@@ -108,7 +110,7 @@ def evaluate(capsys, checkpoint: Path, episodes: Path, *extra: str) -> tuple[int
 # --- evaluating ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["maml", "baseline"])
+@pytest.mark.parametrize("method", method_names())
 @pytest.mark.parametrize("kind", ["csv", "parquet"])
 def test_evaluate_prints_mean_and_interval_as_json(capsys, checkpoints, tables, method, kind):
     code, out, err = evaluate(capsys, checkpoints[method]["path"], tables[kind], "--json")

@@ -41,6 +41,9 @@ class Body(nn.Module):
         self.flat = nn.Flatten()
         self.head = nn.Linear(dim, classes)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.flat(x))
+
 
 def test_finetuned_head_solves_separable_episodes():
     torch.manual_seed(123)  # the data's; heads draw from (seed, episode) generators

@@ -3,6 +3,8 @@ embeddings and activation maximisation, on small random networks."""
 
 from __future__ import annotations
 
+import collections
+
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
@@ -144,6 +146,53 @@ def test_summarise_conv_activations() -> None:
     assert summarise(acts["relu1"]).shape == (6, 8)
     torch.testing.assert_close(summarise(acts["relu1"]), acts["relu1"].mean(dim=(2, 3)))
     assert summarise(acts["pool"]) is acts["pool"]
+
+
+def _resnet() -> torch.nn.Module:
+    torch.manual_seed(2)
+    return build_model("resnet12", (3, 32, 32), 5, options={"channels": [3, 4, 5, 6]})
+
+
+def test_a_residual_network_records_its_entrys_layers_and_reads_its_first_block() -> None:
+    """Not an nn.Sequential: the layers its registry entry names, by hooks; the filters
+    figure shows block1.conv1; the default neurons are the last two blocks (they hold
+    BatchNorm); maximising block1 needs a context (a BatchNorm runs inside it)."""
+    model = _resnet()
+    x = torch.randn(6, 3, 32, 32)
+    with torch.no_grad():
+        acts = layer_activations(model, x, batch_statistics=True)
+        one = layer_activations(model, x, ["block2"], batch_statistics=True)
+    assert list(acts) == ["block1", "block2", "block3", "block4", "pool", "head"]
+    assert acts["block2"].shape == (6, 4, 8, 8) and summarise(acts["block4"]).shape == (6, 6)
+    torch.testing.assert_close(one["block2"], acts["block2"], rtol=0, atol=0)
+    torch.testing.assert_close(acts["pool"], acts["block4"].mean(dim=(2, 3)))
+    weights = figures._first_layer_weights(model, (3, 32, 32))
+    np.testing.assert_array_equal(weights, model.block1.conv1.weight.detach().numpy())
+    from mamlscope.features.plots import chosen_neurons
+
+    assert chosen_neurons(model, None) == [
+        {"layer": "block3", "unit": 0},
+        {"layer": "block4", "unit": 0},
+    ]
+    with pytest.raises(ConfigError, match="context="):
+        maximise(model, "block1", 0, in_shape=(3, 32, 32), mean=0.5, std=0.2,
+                 batch_statistics=True, steps=1)  # fmt: skip
+
+
+def test_a_module_not_built_by_the_registry_records_its_children() -> None:
+    model = torch.nn.Sequential(
+        collections.OrderedDict(
+            flat=torch.nn.Flatten(), hidden=torch.nn.Linear(16, 4), head=torch.nn.Linear(4, 2)
+        )
+    )
+    x = torch.randn(3, 1, 4, 4)
+    with torch.no_grad():
+        acts = layer_activations(model, x, batch_statistics=True)
+    assert list(acts) == ["flat", "hidden", "head"]
+    torch.testing.assert_close(acts["head"], model(x))
+    assert figures._first_layer_weights(model, (1, 4, 4)).shape == (4, 1, 4, 4)  # hidden
+    with pytest.raises(ValueError, match=r"first layer 'hidden' has weights \(4, 16\)"):
+        figures._first_layer_weights(model, (1, 2, 2))
 
 
 def test_activation_parquet_round_trip(tmp_path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mamlscope.errors import ConfigError
@@ -13,7 +14,11 @@ from mamlscope.models import (
     Network,
     batch_statistics,
     build_model,
+    head_input,
     layer_names,
+    layer_outputs,
+    model_names,
+    resolve_options,
 )
 
 
@@ -77,9 +82,32 @@ def test_forward_hook_on_every_named_layer() -> None:
     assert seen["conv1"] == (2, 4, 7, 7) and seen["pool"] == (2, 4) and seen["head"] == (2, 3)
 
 
-def test_unknown_arch_lists_known_ones() -> None:
-    with pytest.raises(ConfigError, match=r"arch .*'fc'.*'conv4'.*'conv4-maxpool'.*'resnet'"):
+def test_unknown_arch_lists_the_registered_ones() -> None:
+    with pytest.raises(ConfigError, match=r"arch must be one of \[.*\], got 'resnet'") as info:
         build_model("resnet", (1, 28, 28), 5)
+    assert all(repr(name) in str(info.value) for name in model_names())
+    assert {"fc", "conv4", "conv4-maxpool", "resnet12"} <= set(model_names())
+    assert "entry point in group 'mamlscope.models'" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("arch", "options", "match"),
+    [
+        ("fc", {"width": 3}, r"model.options: arch 'fc' takes no options, got \['width'\]"),
+        ("resnet12", {"channels": [4, 4, 8]}, r"model.options.channels: \[4, 4, 8\] is too short"),
+        ("resnet12", {"channels": [4, 0, 8, 8]}, r"model.options.channels.1: 0 is less than"),
+        ("resnet12", {"chanels": [4]}, r"(?s)takes \[.channels.\].*.chanels. was unexpected"),
+    ],
+)
+def test_bad_options_name_the_key(arch: str, options: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        build_model(arch, (1, 28, 28), 5, options=options)
+
+
+def test_option_defaults_are_filled_in() -> None:
+    assert resolve_options("resnet12", None)["channels"] == [64, 160, 320, 640]
+    assert resolve_options("resnet12", {"channels": [1, 2, 3, 4]}) == {"channels": [1, 2, 3, 4]}
+    assert resolve_options("fc", {}) == {}
 
 
 @pytest.mark.parametrize(
@@ -197,6 +225,74 @@ def test_held_gates_replay_the_recorded_relu_masks_and_max_pool_choices() -> Non
             with hold_gates(gates):
                 relu(torch.randn_like(gates[0]))
     assert isinstance(relu, nn.ReLU) and isinstance(model.pool1, nn.MaxPool2d)
+
+
+def test_resnet12_is_the_literature_network() -> None:
+    """Lee et al. (2019): 3 x [3x3 conv, BN, LeakyReLU 0.1] with a 1x1 conv + BN shortcut,
+    the sum, LeakyReLU, 2x2 max-pool; widths 64-160-320-640, mean over space, head."""
+    model = build_model("resnet12", (3, 84, 84), 5)
+    assert layer_names(model) == ["block1", "block2", "block3", "block4", "pool", "head"]
+    widths, channels = [64, 160, 320, 640], 3
+    for i, width in enumerate(widths, start=1):
+        block = model.get_submodule(f"block{i}")
+        convs = [block.get_submodule(f"conv{j}") for j in (1, 2, 3)]
+        assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [
+            (channels, width, (3, 3)),
+            (width, width, (3, 3)),
+            (width, width, (3, 3)),
+        ]
+        assert all(c.bias is None and c.padding == (1, 1) for c in convs)
+        assert block.shortcut.conv.kernel_size == (1, 1) and block.shortcut.conv.bias is None
+        assert all(isinstance(block.get_submodule(f"bn{j}"), BatchNorm2d) for j in (1, 2, 3))
+        assert isinstance(block.shortcut.bn, BatchNorm2d)
+        relus = [m for m in block.modules() if isinstance(m, nn.LeakyReLU)]
+        assert len(relus) == 3 and all(r.negative_slope == 0.1 for r in relus)
+        assert isinstance(block.pool, nn.MaxPool2d) and block.pool.kernel_size == 2
+        channels = width
+    assert model.head.in_features == 640
+    assert sum(p.numel() for p in model.parameters()) == 12_427_525  # ResNet-12's 12.4M
+    small = build_model("resnet12", (3, 84, 84), 5, options={"channels": [2, 3, 4, 5]})
+    seen = layer_outputs(small, layer_names(small), lambda: small(torch.randn(2, 3, 84, 84)))
+    assert [tuple(v.shape) for v in seen.values()] == [
+        (2, 2, 42, 42), (2, 3, 21, 21), (2, 4, 10, 10), (2, 5, 5, 5), (2, 5), (2, 5)
+    ]  # fmt: skip
+
+
+def test_resnet12_residual_block_computes_the_sum_then_the_gate() -> None:
+    torch.manual_seed(0)
+    block = build_model("resnet12", (2, 16, 16), 3, options={"channels": [4, 4, 4, 4]}).block1
+    x = torch.randn(5, 2, 16, 16)
+    leaky = nn.LeakyReLU(0.1)
+    with batch_statistics():
+        h = leaky(block.bn1(block.conv1(x)))
+        h = leaky(block.bn2(block.conv2(h)))
+        h = block.bn3(block.conv3(h)) + block.shortcut.bn(block.shortcut.conv(x))
+        torch.testing.assert_close(block(x), F.max_pool2d(leaky(h), 2), rtol=0, atol=0)
+
+
+def test_resnet12_running_stats_and_small_images() -> None:
+    stats = build_model("resnet12", (1, 16, 16), 3, running_stats=True)
+    norms = [m for m in stats.modules() if isinstance(m, BatchNorm2d)]
+    assert len(norms) == 16 and all(m.running_mean is not None for m in norms)
+    with pytest.raises(ConfigError, match=r"at least 16x16.*got 8x8"):
+        build_model("resnet12", (1, 8, 8), 5)
+
+
+def test_hooks_are_removed_when_the_forward_fails_or_stops_early() -> None:
+    model = build_model("conv4", (1, 14, 14), 3, filters=4)
+    calls: list[str] = []
+    model.head.register_forward_hook(lambda *_: calls.append("head ran"))
+    early = layer_outputs(model, ["bn1"], lambda: model(torch.randn(4, 1, 14, 14)))
+    assert early["bn1"].shape == (4, 4, 7, 7) and calls == []  # stopped before head
+    features = head_input(model, torch.randn(4, 1, 14, 14))
+    assert features.shape == (4, 4) and calls == []  # stopped at head's input
+    with pytest.raises(RuntimeError, match="to have 1 channels"):
+        layer_outputs(model, ["bn1", "head"], lambda: model(torch.randn(4, 2, 14, 14)))
+    with pytest.raises(RuntimeError, match=r"\['head'\] of Network did not run"):
+        layer_outputs(model, ["head"], lambda: model.conv1(torch.randn(4, 1, 14, 14)))
+    hooked = [name for name, m in model.named_modules() if m._forward_hooks]
+    assert hooked == ["head"] and len(model.head._forward_hooks) == 1  # the test's own
+    assert not any(m._forward_pre_hooks for m in model.modules())
 
 
 # The runtime every job of these models runs under (mamlscope.runtime, mamlscope.logs).

@@ -263,3 +263,24 @@ def test_template_has_a_parameters_cell_and_a_kernel_and_no_outputs():
         assert f"{name} =" in tagged[0].source
     assert nb.metadata["kernelspec"]["name"] == "python3"
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
+
+
+def test_every_registered_method_has_a_row_a_curve_and_its_place_in_the_findings(tmp_path):
+    """Any registered method goes through the report; the ordering compares only methods
+    whose inner loop adapts every parameter, one per meta-gradient order."""
+    from mamlscope.methods import method, method_names
+
+    names = list(method_names())
+    raw = make_config()
+    config = {**raw, "methods": names}
+    means = {n: MEANS.get(n, 0.8) for n in names}
+    results = load_results(write_tree(tmp_path / "r", config, means), config)
+    table = accuracy_table(results).set_index("method")
+    assert list(table.index) == names
+    fig = plots.training_curves(results, "mnist5k")
+    labels = [ax.get_xlabel() for ax in fig.axes[len(names) :]]
+    assert labels == [method(n).step_unit for n in names]
+    assert labels[0] == "step (batch)" and set(labels[1:]) == {"meta-step"}
+    order = maml_ordering(pooled_accuracy(results))[0]
+    assert "maml > fomaml >= maml-fd holds by the means" in order
+    assert all(f" {n} " not in order for n in names if method(n).adapts != "all")

@@ -1,7 +1,7 @@
 """The report rule on a tiny real run: its HTML, rendered by Chromium, and what reruns it.
 
-One tiny experiment (scikit-learn's 8x8 digits, two methods, one seed, a few steps) runs
-for real once; the tests read its report and dry-run edits against the up-to-date tree.
+The session's tiny pipeline (tests/tiny.yaml, conftest.py) runs for real once; the tests
+read its report and dry-run edits against the up-to-date tree.
 """
 
 from __future__ import annotations
@@ -13,30 +13,14 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
 import nbformat
 import pytest
-from test_workflow import copy_workflow, snakemake
+import yaml
+from workflow_tools import TINY, planned_wildcards, snakemake
 
-TINY = """\
-seeds: [0]
-device: cpu
-methods: [baseline, maml]
-datasets:
-  digits8:
-    source: digits
-    image_size: 8
-    split: {protocol: examples, train: 0.6, val: 0.2}
-    episodes: {way: 5, shot: 1, query: 5, test_episodes: 20, val_episodes: 5}
-model: {arch: fc, hidden: [16]}
-baseline: {epochs: 1, batch_size: 64, finetune_steps: 5}
-maml: {meta_batch: 2, meta_steps: 3, val_every: 3, test_inner_steps: 2, eval_batch: 20}
-features: {probe_images: 40, adapt_episodes: 2, maximise_steps: 4,
-           neurons: [{layer: bn1, unit: 0}, {layer: relu1, unit: 3}]}
-"""
 SECTIONS = (
     "The experiment",
     "Findings",
@@ -49,47 +33,24 @@ SECTIONS = (
 )
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny experiment run for real once, report included; its folder."""
-    folder = copy_workflow(tmp_path_factory.mktemp("report"))
-    (folder / "tiny.yaml").write_text(TINY)
-    start = time.perf_counter()
-    result = snakemake("--cores", "2", "--configfile", "tiny.yaml", cwd=folder)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    print(f"tiny run with its report: {time.perf_counter() - start:.1f} s")
-    return folder
-
-
 def report_dir(folder: Path) -> Path:
     return folder / "results" / "report"
-
-
-def jobs(dry_run: str) -> list[tuple[str, str]]:
-    """(rule, wildcards) of every job a `snakemake -n` output lists, but `all`."""
-    found = []
-    for block in dry_run.split("\n\n"):
-        rule = re.search(r"^(?:local)?rule (\w+):", block, re.MULTILINE)
-        if rule and rule.group(1) != "all":
-            wildcards = re.search(r"^\s+wildcards: (.*)$", block, re.MULTILINE)
-            found.append((rule.group(1), wildcards.group(1) if wildcards else ""))
-    return sorted(found)
 
 
 def dry_run(folder: Path, configfile: str = "tiny.yaml") -> list[tuple[str, str]]:
     result = snakemake("-n", "--cores", "1", "--configfile", configfile, cwd=folder)
     assert result.returncode == 0, result.stdout + result.stderr
-    return jobs(result.stdout)
+    return planned_wildcards(result.stdout)
 
 
 @pytest.mark.workflow
 @pytest.mark.slow
-def test_the_report_holds_every_section_figure_and_table(tiny_run: Path):
-    html = (report_dir(tiny_run) / "report.html").read_text()
+def test_the_report_holds_every_section_figure_and_table(tiny_pipeline: Path):
+    html = (report_dir(tiny_pipeline) / "report.html").read_text()
     for section in SECTIONS:
         assert f">{section}" in html, section
     # Every figure the feature rules made is embedded, byte for byte.
-    compare = tiny_run / "results" / "digits8" / "compare" / "seed0"
+    compare = tiny_pipeline / "results" / "digits8" / "compare" / "seed0"
     pngs = sorted(compare.glob("*.png"))
     studies = ("filters", "tsne", "pca", "extremes", "saliency", "maximise", "curves")
     assert {p.stem for p in pngs} >= {*studies, "cka_methods", "cka_adaptation"}
@@ -113,18 +74,18 @@ def test_the_report_holds_every_section_figure_and_table(tiny_run: Path):
 
 @pytest.mark.workflow
 @pytest.mark.slow
-def test_the_executed_notebook_has_no_errors_or_warnings(tiny_run: Path):
-    nb = nbformat.read(report_dir(tiny_run) / "report.ipynb", as_version=4)
+def test_the_executed_notebook_has_no_errors_or_warnings(tiny_pipeline: Path):
+    nb = nbformat.read(report_dir(tiny_pipeline) / "report.ipynb", as_version=4)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert outputs
     assert not [o for o in outputs if o.output_type == "error"]
     assert not [o for o in outputs if o.output_type == "stream" and o.name == "stderr"]
     injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert len(injected) == 1 and '"digits8"' in injected[0].source
-    accuracy = (report_dir(tiny_run) / "accuracy.csv").read_text().splitlines()
+    accuracy = (report_dir(tiny_pipeline) / "accuracy.csv").read_text().splitlines()
     assert accuracy[0].startswith("dataset,method,way,shot,batchnorm,seeds,episodes,accuracy_pct")
-    assert len(accuracy) == 1 + 2
-    dot = (report_dir(tiny_run) / "rulegraph.dot").read_text()
+    assert len(accuracy) == 1 + len(yaml.safe_load(TINY)["methods"])
+    dot = (report_dir(tiny_pipeline) / "rulegraph.dot").read_text()
     assert dot.startswith("digraph") and "report" in dot and "train" in dot
 
 
@@ -156,11 +117,11 @@ window.addEventListener('load', function () {
 
 @pytest.mark.workflow
 @pytest.mark.slow
-def test_the_report_renders_in_chromium(tiny_run: Path, tmp_path: Path):
+def test_the_report_renders_in_chromium(tiny_pipeline: Path, tmp_path: Path):
     from PIL import Image
 
     exe = chromium()
-    html = report_dir(tiny_run) / "report.html"
+    html = report_dir(tiny_pipeline) / "report.html"
     shot = tmp_path / "first_screen.png"
     result = headless(exe, "--window-size=1280,1600", f"--screenshot={shot}", html.as_uri())
     assert shot.is_file(), result.stderr[-2000:]
@@ -179,31 +140,31 @@ def test_the_report_renders_in_chromium(tiny_run: Path, tmp_path: Path):
 
 @pytest.mark.workflow
 @pytest.mark.slow
-def test_an_up_to_date_tree_plans_nothing(tiny_run: Path):
-    assert dry_run(tiny_run) == []
+def test_an_up_to_date_tree_plans_nothing(tiny_pipeline: Path):
+    assert dry_run(tiny_pipeline) == []
 
 
 @pytest.mark.workflow
 @pytest.mark.slow
-def test_editing_the_notebook_reruns_only_the_report(tiny_run: Path):
-    template = tiny_run / "report" / "report.ipynb"
+def test_editing_the_notebook_reruns_only_the_report(tiny_pipeline: Path):
+    template = tiny_pipeline / "report" / "report.ipynb"
     original, stat = template.read_bytes(), template.stat()
     try:
         nb = nbformat.read(template, as_version=4)
         nb.cells.append(nbformat.v4.new_markdown_cell("One more paragraph."))
         nbformat.write(nb, template)
-        assert dry_run(tiny_run) == [("report", "")]
+        assert dry_run(tiny_pipeline) == [("report", "")]
     finally:
         template.write_bytes(original)
         os.utime(template, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert dry_run(tiny_run) == []
+    assert dry_run(tiny_pipeline) == []
 
 
 @pytest.mark.workflow
 @pytest.mark.slow
-def test_adding_a_seed_runs_only_the_new_jobs_and_the_report(tiny_run: Path):
-    (tiny_run / "two_seeds.yaml").write_text(TINY.replace("seeds: [0]", "seeds: [0, 1]"))
-    planned = dry_run(tiny_run, "two_seeds.yaml")
+def test_adding_a_seed_runs_only_the_new_jobs_and_the_report(tiny_pipeline: Path):
+    (tiny_pipeline / "two_seeds.yaml").write_text(TINY.replace("seeds: [0]", "seeds: [0, 1]"))
+    planned = dry_run(tiny_pipeline, "two_seeds.yaml")
     rules = {rule for rule, _ in planned}
     assert "report" in rules and "rulegraph" not in rules and "prepare_dataset" not in rules
     per_seed = [(rule, w) for rule, w in planned if w]
@@ -216,10 +177,12 @@ def test_adding_a_seed_runs_only_the_new_jobs_and_the_report(tiny_run: Path):
 
 @pytest.mark.workflow
 @pytest.mark.slow
-def test_snakemake_report_gathers_the_marked_outputs(tiny_run: Path):
-    result = snakemake("--report", "results/report.zip", "--configfile", "tiny.yaml", cwd=tiny_run)
+def test_snakemake_report_gathers_the_marked_outputs(tiny_pipeline: Path):
+    result = snakemake(
+        "--report", "results/report.zip", "--configfile", "tiny.yaml", cwd=tiny_pipeline
+    )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    with zipfile.ZipFile(tiny_run / "results" / "report.zip") as archive:
+    with zipfile.ZipFile(tiny_pipeline / "results" / "report.zip") as archive:
         names = archive.namelist()
         for marked in ("report.html", "accuracy.csv", "curves.png", "runs.md"):
             assert any(n.endswith("/" + marked) for n in names), (marked, names[:40])

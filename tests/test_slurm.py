@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 from snakemake_interface_common.exceptions import WorkflowError
-from test_workflow import TINY, copy_workflow, snakemake
+from workflow_tools import TINY, copy_workflow, snakemake
 
 import mamlscope.cluster as cluster
 
@@ -68,10 +68,7 @@ def test_flags_given_as_text_become_booleans():
 def test_a_cpu_config_under_the_slurm_profile_asks_for_no_gpu(tmp_path):
     """The reported bug: the profile's device=cuda overrode the user's device: cpu."""
     folder = copy_workflow(tmp_path)
-    text = TINY
-    if "features" in yaml.safe_load((REPO / "config" / "schema.yaml").read_text())["properties"]:
-        text += "features: {neurons: [{layer: bn1, unit: 0}]}\n"
-    (folder / "tiny.yaml").write_text(text)
+    (folder / "tiny.yaml").write_text(TINY)
     result = snakemake("-n", "--profile", "profiles/slurm", "--configfile", "tiny.yaml", cwd=folder)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     blocks = [b for b in result.stdout.split("\n\n") if re.search(r"rule (train|evaluate):", b)]

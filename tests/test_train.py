@@ -12,8 +12,11 @@ import torch
 
 from mamlscope.errors import ConfigError
 from mamlscope.evaluate import EvalSettings, run_evaluation
+from mamlscope.methods import method_names
 from mamlscope.runtime import resolve_device
-from mamlscope.train import METHODS, run_training, train_maml
+from mamlscope.train import run_training, train_maml
+
+METHODS = method_names()  # every registered method, so a new one is tested too
 
 
 @pytest.fixture(autouse=True)

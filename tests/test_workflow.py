@@ -1,60 +1,21 @@
-"""The Snakemake workflow: a dry run of the default config, and the data rules for real."""
+"""The Snakemake workflow: dry runs of the default config, the data rules for real, and on the
+session's tiny pipeline (conftest.py) which jobs each edit reruns and the feature studies."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-
-
-def snakemake(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        [*SNAKEMAKE, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
-    )
-
-
-def copy_workflow(dest: Path) -> Path:
-    """The workflow files copied into `dest`, so that results land there."""
-    for name in ("Snakefile", "config.yaml"):
-        shutil.copy(REPO / name, dest / name)
-    for name in ("rules", "scripts", "config", "envs", "profiles", "report"):
-        if (REPO / name).exists():
-            shutil.copytree(REPO / name, dest / name)
-    return dest
+from workflow_tools import TINY, copy_workflow, job_block, planned_jobs, snakemake
 
 
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     """A copy of the workflow files in a fresh folder, so results land in tmp_path."""
     return copy_workflow(tmp_path)
-
-
-def planned_jobs(output: str) -> list[tuple[str, str]]:
-    """(rule, method or '') of every job a `snakemake -n` output lists, but `all`."""
-    jobs = []
-    for block in output.split("\n\n"):
-        rule = re.search(r"^(?:local)?rule (\w+):", block, re.MULTILINE)
-        if not rule or rule.group(1) == "all":
-            continue
-        method = re.search(r"method=([\w-]+)", block)
-        jobs.append((rule.group(1), method.group(1) if method else ""))
-    return sorted(jobs)
-
-
-def job_block(output: str, rule: str) -> str:
-    """The first job block of `rule` in a `snakemake -n` output."""
-    return next(b for b in output.split("\n\n") if re.search(rf"rule {rule}:", b))
 
 
 @pytest.mark.workflow
@@ -145,23 +106,6 @@ def test_jobs_declare_every_file_they_read(workdir: Path):
     assert "episodes_val.parquet" in train and "episodes_test.parquet" in evaluate
 
 
-# A tiny experiment that runs for real in about a minute on 2 cores: every method, one seed.
-TINY = """\
-seeds: [0]
-device: cpu
-methods: [baseline, maml, fomaml, maml-fd]
-datasets:
-  digits8:
-    source: digits
-    image_size: 8
-    split: {protocol: examples, train: 0.6, val: 0.2}
-    episodes: {way: 5, shot: 1, query: 5, test_episodes: 20, val_episodes: 5}
-model: {arch: fc, hidden: [16]}
-baseline: {epochs: 1, batch_size: 64, finetune_steps: 5}
-maml: {meta_batch: 2, meta_steps: 3, val_every: 3, test_inner_steps: 2, eval_batch: 20}
-features: {probe_images: 40, adapt_episodes: 2, maximise_steps: 4,
-           neurons: [{layer: bn1, unit: 0}, {layer: relu1, unit: 3}]}
-"""
 MAML = ("maml", "fomaml", "maml-fd")
 # What reruns after a model's training, or after only its evaluation settings, change:
 # the feature studies read the checkpoint, and extraction adapts as evaluation does.
@@ -229,24 +173,10 @@ RERUNS = {
 }
 
 
-@pytest.fixture(scope="module")
-def tiny_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny experiment run for real once: a results tree that is up to date."""
-    folder = copy_workflow(tmp_path_factory.mktemp("reruns"))
-    (folder / "tiny.yaml").write_text(TINY)
-    result = snakemake("--cores", "2", "--configfile", "tiny.yaml", cwd=folder)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    assert (folder / "results" / "runs.md").is_file()
-    summary = json.loads((folder / "results/digits8/maml/seed0/evaluation.json").read_text())
-    assert summary["config"]["source"] == "digits"  # the checkpoint records the whole config
-    assert summary["evaluation"]["inner_steps"] == 2  # the settings this evaluation used
-    return folder
-
-
 @pytest.mark.workflow
 @pytest.mark.slow
 @pytest.mark.parametrize("edit", list(RERUNS))
-def test_an_edit_reruns_only_the_jobs_that_read_it(tiny_results: Path, edit: str):
+def test_an_edit_reruns_only_the_jobs_that_read_it(tiny_pipeline: Path, edit: str):
     change, expected = RERUNS[edit]
     text = TINY
     if change:
@@ -254,21 +184,21 @@ def test_an_edit_reruns_only_the_jobs_that_read_it(tiny_results: Path, edit: str
         assert text.count(old) == 1, old
         text = text.replace(old, new)
     name = f"edited-{edit}.yaml"
-    (tiny_results / name).write_text(text)
-    result = snakemake("-n", "--cores", "1", "--configfile", name, cwd=tiny_results)
+    (tiny_pipeline / name).write_text(text)
+    result = snakemake("-n", "--cores", "1", "--configfile", name, cwd=tiny_pipeline)
     assert result.returncode == 0, result.stdout + result.stderr
     assert planned_jobs(result.stdout) == expected, result.stdout[-3000:]
 
 
 @pytest.mark.workflow
 @pytest.mark.slow
-def test_the_feature_studies_of_every_model_are_produced(tiny_results: Path):
+def test_the_feature_studies_of_every_model_are_produced(tiny_pipeline: Path):
     from PIL import Image
 
     from mamlscope.features.activations import read_activations
     from mamlscope.features.plots import FIGURES
 
-    results = tiny_results / "results" / "digits8"
+    results = tiny_pipeline / "results" / "digits8"
     probe = pd.read_parquet(results / "split/seed0/probe.parquet")
     assert len(probe) == 40 and probe["class_id"].value_counts().max() <= 4  # 10 classes
     for method in ("baseline", *MAML):
@@ -293,7 +223,16 @@ def test_the_feature_studies_of_every_model_are_produced(tiny_results: Path):
     base = cka[(cka["stage"] == "adaptation") & (cka["model_a"] == "baseline")]
     # The baseline's body does not change in adaptation: only its head is new.
     assert base.set_index("layer_a").loc[["fc1", "bn1", "relu1"], "cka"].min() > 0.999999
-    head_only = pd.read_parquet(tiny_results / "results" / "head_only.parquet")
+    head_only = pd.read_parquet(tiny_pipeline / "results" / "head_only.parquet")
     assert len(head_only) == 1 + 2 * len(MAML)  # the baseline's row, full and head for MAML
     assert set(head_only.loc[head_only["method"] == "maml", "adaptation"]) == {"full", "head"}
-    assert (tiny_results / "results" / "head_only.md").read_text().count("head only") == 4
+    assert (tiny_pipeline / "results" / "head_only.md").read_text().count("head only") == 4
+
+
+@pytest.mark.workflow
+@pytest.mark.slow
+def test_an_evaluation_records_the_whole_config_and_its_own_settings(tiny_pipeline: Path):
+    assert (tiny_pipeline / "results" / "runs.md").is_file()
+    summary = json.loads((tiny_pipeline / "results/digits8/maml/seed0/evaluation.json").read_text())
+    assert summary["config"]["source"] == "digits"  # the checkpoint records the whole config
+    assert summary["evaluation"]["inner_steps"] == 2  # the settings this evaluation used

@@ -7,7 +7,7 @@ weights, so a checkpoint alone says how it was made and how to feed it images.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,11 @@ _ENTRIES = ("version", "spec", "method", "seed", "config", "state_dict")
 
 @dataclass
 class ModelSpec:
-    """What `build_model` needs to rebuild a network."""
+    """What `build_model` needs to rebuild a network (any registered ``arch``).
+
+    ``options`` is the config's ``model.options``; checkpoints written before it existed
+    have none in their spec and load with the default, empty.
+    """
 
     arch: str
     in_shape: tuple[int, int, int]  # (C, H, W)
@@ -32,8 +36,10 @@ class ModelSpec:
     hidden: list[int] | None = None
     filters: int | None = None
     running_stats: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
 
     def build(self) -> torch.nn.Module:
+        """The network through the model registry (PyTorch's default init: seed first)."""
         return build_model(
             self.arch,
             self.in_shape,
@@ -41,6 +47,7 @@ class ModelSpec:
             hidden=self.hidden,
             filters=self.filters,
             running_stats=self.running_stats,
+            options=self.options,
         )
 
 

@@ -9,6 +9,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, NoReturn
 
 from mamlscope.errors import ConfigError, MamlscopeError
+from mamlscope.methods.base import LEGACY_DEFAULTS
 
 # The modes of mamlscope.maml.BATCHNORM_MODES, spelled here so `--help` needs no torch import.
 BATCHNORM_MODES = ("transductive", "support")
@@ -16,18 +17,14 @@ BATCHNORM_MODES = ("transductive", "support")
 if TYPE_CHECKING:
     import torch
 
-# Config keys (dotted) each method's evaluation reads (`EvalSettings.from_config`, as
-# `config.evaluate_section`), checked up front so a checkpoint that lacks one is named.
-_EPISODES = ("episodes.way", "episodes.shot", "episodes.query", "maml.eval_batch")
-_SETTINGS = {
-    "baseline": (
-        *_EPISODES,
-        "baseline.finetune_steps",
-        "baseline.finetune_lr",
-        "baseline.finetune_all",
-    ),
-    "maml": (*_EPISODES, "maml.inner_lr", "maml.test_inner_steps"),
-}
+    from mamlscope.methods import Method
+
+
+def _settings_keys(method: Method) -> tuple[str, ...]:
+    """The config keys (dotted) the method's evaluation reads (`EvalSettings.from_config`,
+    as `config.evaluate_section`), checked up front so a checkpoint that lacks one is named;
+    a key that checkpoints saved before it existed may lack is filled in instead."""
+    return tuple(k for k in method.evaluate_keys if k not in LEGACY_DEFAULTS)
 
 
 class _UsageError(MamlscopeError):
@@ -65,6 +62,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from mamlscope.checkpoint import load_checkpoint
     from mamlscope.data.episode_table import IMAGE_KEYS, episode_batches, read_episode_table
     from mamlscope.evaluate import EvalSettings, evaluate_checkpoint_on, summarize
+    from mamlscope.methods import method as lookup_method
 
     if args.batch < 1:
         raise ConfigError(
@@ -72,16 +70,17 @@ def _evaluate(args: argparse.Namespace) -> int:
         )
     device = _device(args.device)
     ckpt = load_checkpoint(args.checkpoint, device)
-    ckpt.require(*IMAGE_KEYS, *_SETTINGS["baseline" if ckpt.method == "baseline" else "maml"])
-    # MAML adapts its own N-way head, so the episodes must be N-way; the baseline fits
-    # a fresh head of the episodes' way.
-    head = None if ckpt.method == "baseline" else ckpt.spec.num_classes
+    method = lookup_method(ckpt.method)
+    ckpt.require(*IMAGE_KEYS, *_settings_keys(method))
+    # An inner loop adapts the model's own N-way head, so the episodes must be N-way;
+    # fine-tuning fits a fresh head of the episodes' way.
+    head = None if method.evaluation == "finetune" else ckpt.spec.num_classes
     table = read_episode_table(args.episodes, head=head)
     way = int(table["label"].max()) + 1
     batches = episode_batches(table, ckpt.config, batch_size=args.batch, device=device)
     # A standalone checkpoint is evaluated as its saved config says, on the table's way.
     settings = replace(EvalSettings.from_config(ckpt.config, ckpt.method), way=way)
-    if args.batchnorm is not None and ckpt.method != "baseline":
+    if args.batchnorm is not None and method.batchnorm is None:  # not fixed by the method
         settings = replace(settings, batchnorm=args.batchnorm)
     episode_ids = sorted(int(e) for e in table["episode"].unique())
     per_episode = evaluate_checkpoint_on(ckpt, batches, settings, episode_ids=episode_ids)
@@ -115,10 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         "--batchnorm",
         choices=BATCHNORM_MODES,
         default=None,
-        help="MAML only: how queries are normalised. transductive: with the statistics of "
-        "the episode's queries together (Finn et al.); support: each query with the "
-        "support set's statistics, independent of the other queries. Default: the "
-        "checkpoint's maml.eval_batchnorm",
+        help="meta-learned models only: how queries are normalised. transductive: with the "
+        "statistics of the episode's queries together (Finn et al.); support: each query "
+        "with the support set's statistics, independent of the other queries. Default: "
+        "the checkpoint's maml.eval_batchnorm",
     )
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
     evaluate.set_defaults(func=_evaluate)

@@ -26,9 +26,17 @@ OVERRIDABLE = ("model", "baseline", "maml")
 
 
 def load_schema() -> dict[str, Any]:
-    """The config schema shipped with the package."""
+    """The config schema shipped with the package, with the names that registries decide
+    filled in: `methods` from the method table, `model.arch` from the networks."""
     text = resources.files("mamlscope").joinpath("schema.yaml").read_text()
-    return yaml.safe_load(text)
+    schema = yaml.safe_load(text)
+    from mamlscope.methods import method_names
+    from mamlscope.models import model_names, options_rules
+
+    schema["properties"]["methods"]["items"]["enum"] = list(method_names())
+    schema["$defs"]["model"]["properties"]["arch"]["enum"] = list(model_names())
+    schema["$defs"]["model"]["allOf"] = options_rules()  # each arch's own options
+    return schema
 
 
 def _with_defaults(validator_class: type) -> type:
@@ -101,21 +109,27 @@ def validate_config(config: Mapping[str, Any], *, check_paths: bool = True) -> d
 
 
 def _check_neurons(name: str, ds: Mapping[str, Any], neurons: list[dict[str, Any]]) -> None:
-    """Each `features.neurons` entry names a layer of this dataset's network and a unit in it."""
-    from mamlscope.models import build_model  # torch is only needed for this check
+    """Each `features.neurons` entry names a recorded layer of this dataset's network and a
+    unit in it (any registered arch: the widths come from a forward of two blank images)."""
+    from mamlscope.models import build_model, layer_widths, resolve_options  # needs torch
 
     model_cfg, size = ds["model"], ds["image_size"]
+    in_shape = (ds["channels"], size, size)
     try:
+        options = resolve_options(
+            model_cfg["arch"], model_cfg.get("options"), f"datasets.{name}.model.options"
+        )
         model = build_model(
             model_cfg["arch"],
-            (ds["channels"], size, size),
+            in_shape,
             ds["episodes"]["way"],
             hidden=model_cfg["hidden"],
             filters=model_cfg["filters"],
+            options=options,
         )
     except ConfigError as exc:
         raise ConfigError(f"datasets.{name}.model: {exc}") from exc
-    widths = _layer_widths(model)
+    widths = layer_widths(model, in_shape)
     for i, neuron in enumerate(neurons):
         layer, unit = neuron["layer"], neuron["unit"]
         if layer not in widths:
@@ -128,18 +142,6 @@ def _check_neurons(name: str, ds: Mapping[str, Any], neurons: list[dict[str, Any
                 f"features.neurons.{i}.unit: {unit} is out of range for layer {layer!r} of "
                 f"dataset {name}'s network, which has {widths[layer]} units"
             )
-
-
-def _layer_widths(model: Any) -> dict[str, int]:
-    """Units (features or channels) of each layer's output; ReLU and pooling keep their
-    input's."""
-    out, width = {}, None
-    for layer, module in model.named_children():
-        own = getattr(module, "num_features", getattr(module, "out_features", None))
-        own = getattr(module, "out_channels", own)
-        width = own if own is not None else width
-        out[layer] = width
-    return out
 
 
 def check_normalize(stats: Mapping[str, Sized], channels: int, where: str = "") -> None:
@@ -320,45 +322,9 @@ def data_section(ds: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # What each later stage reads. Rules pass these sections as params, so that Snakemake
-# reruns a job only for edits of keys that job reads (see docs/architecture.md).
-EPISODE_SHAPE_KEYS = ("way", "shot", "query")
-BASELINE_TRAIN_KEYS = ("lr", "betas", "weight_decay", "batch_size", "epochs")
-BASELINE_EVAL_KEYS = ("finetune_steps", "finetune_lr", "finetune_all")
-# Validation on the fixed meta-val episodes during training adapts as evaluation does
-# (`test_inner_steps`, `eval_batch`): its accuracies are part of the training job's
-# metrics, so these two keys rerun MAML training too.
-MAML_TRAIN_KEYS = (
-    "meta_batch",
-    "inner_lr",
-    "inner_steps",
-    "meta_lr",
-    "meta_steps",
-    "strategy",
-    "max_tasks_in_flight",
-    "val_every",
-    "test_inner_steps",
-    "eval_batch",
-)
-# Evaluation adapts with the `vmap` strategy whatever `maml.strategy` says (the fastest for
-# its many inner steps, docs/benchmarks.md), so `strategy` is a training key only.
-MAML_EVAL_KEYS = ("inner_lr", "test_inner_steps", "eval_batch", "eval_batchnorm")
-METHODS = ("baseline", "maml", "fomaml", "maml-fd")
-
-
-def _pick(ds: Mapping[str, Any], name: str, keys: tuple[str, ...]) -> dict[str, Any]:
-    """``ds[name]`` cut to ``keys``; a ConfigError names every key that is missing."""
-    section = ds.get(name)
-    if not isinstance(section, Mapping):
-        section = {}
-    missing = [f"{name}.{key}" for key in keys if key not in section]
-    if missing:
-        raise ConfigError(f"missing from the config: {', '.join(missing)}")
-    return {key: copy.deepcopy(section[key]) for key in keys}
-
-
-def _check_method(method: str) -> None:
-    if method not in METHODS:
-        raise ConfigError(f"unknown method '{method}'; use one of {list(METHODS)}")
+# reruns a job only for edits of keys that job reads (see docs/architecture.md). Which
+# keys training and evaluation read is each method's own declaration
+# (`Method.train_keys`, `Method.evaluate_keys`, in mamlscope.methods).
 
 
 def split_section(ds: Mapping[str, Any]) -> dict[str, Any]:
@@ -371,39 +337,54 @@ def split_section(ds: Mapping[str, Any]) -> dict[str, Any]:
     return {"split": copy.deepcopy(ds["split"]), "episodes": copy.deepcopy(ds["episodes"])}
 
 
-def train_section(ds: Mapping[str, Any], method: str) -> dict[str, Any]:
-    """The keys that decide a training run's weights and metrics, nested as in the config.
+def _cut(ds: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """Copies of the dotted ``keys`` of ``ds``, nested as in the config, sections in the
+    order they first appear; a key without a dot is a whole section. A ConfigError names
+    every key that is missing."""
+    sections: dict[str, tuple[str, ...] | None] = {}
+    for key in keys:
+        section, _, name = key.partition(".")
+        sections[section] = (*(sections.get(section) or ()), name) if name else None
+    missing = [
+        f"{section}.{name}" if name else section
+        for section, names in sections.items()
+        for name in (names or ("",))
+        if not isinstance(ds.get(section), Mapping) or (name and name not in ds[section])
+    ]
+    if missing:
+        raise ConfigError(f"missing from the config: {', '.join(missing)}")
+    return {
+        section: copy.deepcopy(
+            dict(ds[section]) if names is None else {n: ds[section][n] for n in names}
+        )
+        for section, names in sections.items()
+    }
 
-    baseline: `model` and the baseline's training keys (not `finetune_*`, which only
-    evaluation reads). MAML flavours: `model`, the MAML training keys including the
-    validation keys (see MAML_TRAIN_KEYS), `fd_epsilon` for `maml-fd` only, and the
-    episode shape (way, shot, query) that tasks are sampled with.
+
+def train_section(ds: Mapping[str, Any], method: str) -> dict[str, Any]:
+    """The keys that decide a training run's weights and metrics, nested as in the config:
+    the method's ``train_keys`` (:mod:`mamlscope.methods`).
+
+    Standard training: `model` and the `baseline` optimiser keys (not `finetune_*`, which
+    only evaluation reads). Meta-training: `model`, the `maml` training keys including the
+    validation keys, the episode shape that tasks are sampled with, and whatever the method
+    adds (`fd_epsilon` for a finite-difference meta-gradient).
     """
-    _check_method(method)
-    section: dict[str, Any] = {"model": copy.deepcopy(ds["model"])}
-    if method == "baseline":
-        section["baseline"] = _pick(ds, "baseline", BASELINE_TRAIN_KEYS)
-        return section
-    extra = ("fd_epsilon",) if method == "maml-fd" else ()
-    section["maml"] = _pick(ds, "maml", MAML_TRAIN_KEYS + extra)
-    section["episodes"] = _pick(ds, "episodes", EPISODE_SHAPE_KEYS)
-    return section
+    from mamlscope.methods import method as lookup
+
+    return _cut(ds, lookup(method).train_keys)
 
 
 def evaluate_section(ds: Mapping[str, Any], method: str) -> dict[str, Any]:
     """The keys that decide a run's evaluation on the fixed test episodes, nested as in
-    the config (what `evaluate.EvalSettings.from_config` reads).
+    the config (what `evaluate.EvalSettings.from_config` reads): the method's
+    ``evaluate_keys``.
 
-    Both: the episode shape and `maml.eval_batch` (episodes per batch: it changes no
-    number, since the baseline's heads are seeded per episode, but the job batches by it).
-    baseline: `finetune_*`. MAML flavours: `inner_lr`, `test_inner_steps` and
-    `eval_batchnorm`.
+    Every method: the episode shape and `maml.eval_batch` (episodes per batch: for a
+    fine-tuned head it changes no number, since heads are seeded per episode, but the job
+    batches by it). Fine-tuning: `finetune_*`. The inner loop: `inner_lr`,
+    `test_inner_steps` and `eval_batchnorm`.
     """
-    _check_method(method)
-    section: dict[str, Any] = {"episodes": _pick(ds, "episodes", EPISODE_SHAPE_KEYS)}
-    if method == "baseline":
-        section["baseline"] = _pick(ds, "baseline", BASELINE_EVAL_KEYS)
-        section["maml"] = _pick(ds, "maml", ("eval_batch",))
-    else:
-        section["maml"] = _pick(ds, "maml", MAML_EVAL_KEYS)
-    return section
+    from mamlscope.methods import method as lookup
+
+    return _cut(ds, lookup(method).evaluate_keys)

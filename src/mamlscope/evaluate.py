@@ -1,4 +1,5 @@
-"""Evaluation on fixed episodes: MAML adapts, the baseline fine-tunes a fresh head.
+"""Evaluation on fixed episodes, as each method says (:mod:`mamlscope.methods`): its inner
+loop adapts on each support set, or a fresh head is fine-tuned on frozen features.
 
 Accuracy is reported as the mean over episodes with a 95% interval,
 1.96 * std / sqrt(episodes) (std with ddof=1, the sample standard deviation).
@@ -29,6 +30,8 @@ from mamlscope.errors import ConfigError
 from mamlscope.finetune import Batch, evaluate_finetune, plain_accuracy
 from mamlscope.io import atomic_path
 from mamlscope.maml import adapt_and_predict
+from mamlscope.methods import method as lookup_method
+from mamlscope.methods.base import LEGACY_DEFAULTS
 from mamlscope.runtime import resolve_device, set_threads
 
 log = logging.getLogger("mamlscope")
@@ -71,8 +74,12 @@ def evaluate_maml(
     inner_lr: float,
     inner_steps: int,
     batchnorm: str = "transductive",
+    adapted: frozenset[str] | None = None,
 ) -> np.ndarray:
     """Per-episode query accuracy after adapting on each support set.
+
+    ``adapted``: the parameter names the inner loop adapts (the method's
+    :meth:`~mamlscope.methods.Method.adapted`); None, every parameter.
 
     ``batchnorm`` (:data:`mamlscope.maml.BATCHNORM_MODES`): ``"transductive"`` normalises
     the queries with their own batch statistics (Finn et al.); it needs at least as many
@@ -96,6 +103,7 @@ def evaluate_maml(
             inner_lr=inner_lr,
             inner_steps=inner_steps,
             batchnorm=batchnorm,
+            adapted=adapted,
         )  # [E, N*Q, way]
         hits = (logits.argmax(-1) == query_y).float().mean(-1)  # [E]
         accuracies.append(hits.cpu().numpy())
@@ -109,7 +117,8 @@ def evaluate_checkpoint_on(
     *,
     episode_ids: Sequence[int] | None = None,
 ) -> np.ndarray:
-    """Per-episode accuracy of a checkpoint by its own method, with the given settings.
+    """Per-episode accuracy of a checkpoint as its method evaluates (a fresh head
+    fine-tuned on frozen features, or its own inner loop), with the given settings.
 
     The settings come from the config at evaluation time (the workflow) or from the
     checkpoint's saved config (`mamlscope evaluate`); see `EvalSettings`. ``episode_ids``
@@ -121,7 +130,8 @@ def evaluate_checkpoint_on(
             f"evaluation settings are for '{settings.method}', but the checkpoint is a "
             f"'{checkpoint.method}' run; build them with EvalSettings.from_config(cfg, method)"
         )
-    if checkpoint.method == "baseline":
+    method = lookup_method(checkpoint.method)
+    if method.evaluation == "finetune":
         return evaluate_finetune(
             checkpoint.model,
             batches,
@@ -138,10 +148,21 @@ def evaluate_checkpoint_on(
         inner_lr=settings.inner_lr,
         inner_steps=settings.inner_steps,
         batchnorm=settings.batchnorm,
+        adapted=method.adapted(checkpoint.model),
     )
 
 
 # --- the evaluation job --------------------------------------------------------------------
+
+
+def _with_legacy_defaults(cfg: Mapping[str, Any], keys: tuple[str, ...]) -> Mapping[str, Any]:
+    """``cfg`` with each of ``keys`` that it lacks and `LEGACY_DEFAULTS` knows filled in."""
+    for key in keys:
+        section, _, name = key.partition(".")
+        if key in LEGACY_DEFAULTS and isinstance(cfg.get(section), Mapping):
+            if name not in cfg[section]:
+                cfg = {**cfg, section: {**cfg[section], name: LEGACY_DEFAULTS[key]}}
+    return cfg
 
 
 @dataclass(frozen=True)
@@ -158,26 +179,30 @@ class EvalSettings:
     shot: int
     query: int
     batch: int  # episodes per batch (maml.eval_batch)
-    # baseline: a fresh N-way head fine-tuned on each support set (baseline.finetune_*)
+    # "finetune": a fresh N-way head fine-tuned on each support set (baseline.finetune_*)
     finetune_steps: int | None = None
     finetune_lr: float | None = None
     finetune_all: bool = False
-    # MAML flavours: adaptation on each support set
+    # "inner-loop": the method's inner loop on each support set
     inner_lr: float | None = None  # maml.inner_lr
     inner_steps: int | None = None  # maml.test_inner_steps
     batchnorm: str = "transductive"  # maml.eval_batchnorm
 
     @property
     def batchnorm_used(self) -> str:
-        """How BatchNorm normalised the queries: the MAML mode, or the baseline's
-        ``"running"`` statistics of standard training."""
-        return "running" if self.method == "baseline" else self.batchnorm
+        """How BatchNorm normalised the queries: the mode the method fixes (standard
+        training's ``"running"`` statistics), else the configured batch-statistics mode."""
+        return lookup_method(self.method).batchnorm or self.batchnorm
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], method: str) -> EvalSettings:
-        """From a dataset's resolved config or its evaluation section (same nesting)."""
-        if "eval_batchnorm" not in cfg["maml"]:  # a checkpoint saved before the key existed
-            cfg = {**cfg, "maml": {**cfg["maml"], "eval_batchnorm": "transductive"}}
+        """From a dataset's resolved config or its evaluation section (same nesting).
+
+        A key of `methods.base.LEGACY_DEFAULTS` that the config lacks (a checkpoint saved
+        before the key existed) takes the value it implied then.
+        """
+        declared = lookup_method(method)
+        cfg = _with_legacy_defaults(cfg, declared.evaluate_keys)
         section = evaluate_section(cfg, method)
         ep, maml = section["episodes"], section["maml"]
         common: dict[str, Any] = dict(
@@ -187,7 +212,7 @@ class EvalSettings:
             query=ep["query"],
             batch=maml["eval_batch"],
         )
-        if method == "baseline":
+        if declared.evaluation == "finetune":
             base = section["baseline"]
             return cls(
                 **common,
@@ -291,9 +316,9 @@ def _plain_test_accuracy(
     """The baseline's ordinary accuracy on held-out test images of its own classes.
 
     Defined only where the test pool shares the training classes (protocol `examples`);
-    NaN otherwise, and for MAML checkpoints, whose heads are per-episode.
+    NaN otherwise, and for methods that report none (a meta-learned head is per episode).
     """
-    if ckpt.method != "baseline":
+    if not lookup_method(ckpt.method).plain_accuracy:
         return float("nan")
     index = data.index.set_index("example_id")
     train_classes = np.sort(

@@ -17,17 +17,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from mamlscope.data.tasks import normalize_batch
+from mamlscope.models import head_input
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def features_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The penultimate activations: every child of the model but its `head`."""
-    for name, layer in model.named_children():
-        if name == "head":
-            break
-        x = layer(x)
-    return x.flatten(1)
+    """The penultimate activations ``[N, F]``: the input of the model's ``head`` (every
+    registered network has one), read by a hook; the forward stops there."""
+    return head_input(model, x).flatten(1)
 
 
 def evaluate_finetune(

@@ -1,4 +1,6 @@
-"""Training: the standard baseline and MAML's three flavours, on one dataset and seed.
+"""Training, on one dataset and seed: standard training, and meta-training for every
+meta-learning method (its meta-gradient order and what its inner loop adapts come from its
+:class:`~mamlscope.methods.Method`).
 
 Both loops return the trained model and a metrics table (step, phase, loss, accuracy,
 elapsed seconds); `run_training` ties them to the prepared data, the split and a
@@ -12,9 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,31 +22,27 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from mamlscope.checkpoint import ModelSpec, save_checkpoint
-from mamlscope.config import METHODS
 from mamlscope.data.prepared import PreparedDataset
 from mamlscope.data.tasks import TaskSampler, configured_episodes, images_to_tensor, normalize_batch
 from mamlscope.errors import ConfigError
 from mamlscope.evaluate import evaluate_maml
 from mamlscope.finetune import plain_accuracy
 from mamlscope.io import atomic_path
-from mamlscope.maml import meta_step
-from mamlscope.maml.graph import GraphedMetaStep, load_optimizer_state, plan_training_step
+from mamlscope.maml.graph import load_optimizer_state, plan_training_step
+from mamlscope.methods import Method
+from mamlscope.methods import method as lookup_method
 from mamlscope.resume import Resume, resume_key, resume_state_path, set_rng_state, sigterm_saves
 from mamlscope.runtime import resolve_device, seed_everything, set_threads
+from mamlscope.train_log import Metrics as _Metrics
+from mamlscope.train_log import StepLog as _StepLog
+from mamlscope.train_log import progress as _progress
+from mamlscope.train_step import meta_step_runner
 
 log = logging.getLogger("mamlscope")
 
 
-def _progress(iterable=None, **kwargs):  # type: ignore[no-untyped-def]
-    """tqdm that refreshes often on a terminal and every 30 s in a log file."""
-    interactive = sys.stderr.isatty()
-    return tqdm(iterable, mininterval=0.1 if interactive else 30, **kwargs)
-
-
-MAML_ORDER = {"maml": "second", "fomaml": "first", "maml-fd": "finite-difference"}
 # MAML training keeps each step's loss and accuracy on the device and reads them to the host
 # (one transfer) every LOG_EVERY meta-steps, before a validation or a resume state, and at
 # the end: a CUDA-graph step then never waits for the GPU. Every step still gets its row.
@@ -62,69 +58,10 @@ class TrainResult:
     meta_step: str = ""  # MAML: "cuda-graph", or "eager (why not a graph)"
 
 
-class _Metrics:
-    """Rows of (step, phase, loss, accuracy, elapsed_s), timed from construction."""
-
-    def __init__(self) -> None:
-        self.rows: list[dict[str, Any]] = []
-        self.start = time.perf_counter()
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.start
-
-    def restore(self, rows: list[dict[str, Any]], elapsed: float) -> None:
-        """Continue a resumed run: its rows so far, and its clock where it stopped."""
-        self.rows = [dict(row) for row in rows]
-        self.start = time.perf_counter() - elapsed
-
-    def add(
-        self, step: int, phase: str, loss: float, accuracy: float, elapsed: float | None = None
-    ) -> None:
-        """One row; ``elapsed`` (seconds since the start) when it was taken earlier, else now."""
-        if elapsed is None:
-            elapsed = time.perf_counter() - self.start
-        self.rows.append(
-            dict(step=step, phase=phase, loss=loss, accuracy=accuracy, elapsed_s=elapsed)
-        )
-
-    def frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows, columns=["step", "phase", "loss", "accuracy", "elapsed_s"])
-
-
-class _StepLog:
-    """MAML training rows waiting to be read: each step's loss and accuracy (device tensors,
-    or floats) and the time the step was issued. `flush` reads all pending tensors in one
-    transfer (`reads` counts them) and adds the rows to the metrics."""
-
-    def __init__(self, metrics: _Metrics) -> None:
-        self.metrics = metrics
-        self.pending: list[tuple[int, float, Any, Any]] = []
-        self.reads = 0  # host reads of device values (one per flush with tensors pending)
-
-    def add(self, step: int, loss: Any, accuracy: Any) -> None:
-        self.pending.append((step, self.metrics.elapsed(), loss, accuracy))
-
-    def _read(self, losses: list[Any], accuracies: list[Any]) -> list[tuple[float, float]]:
-        if not isinstance(losses[0], torch.Tensor):
-            return [(float(a), float(b)) for a, b in zip(losses, accuracies, strict=True)]
-        self.reads += 1
-        values = torch.stack([torch.stack(losses).double(), torch.stack(accuracies).double()])
-        return [(float(a), float(b)) for a, b in values.T.cpu().tolist()]
-
-    def flush(self) -> tuple[float, float] | None:
-        """Add the pending rows; the last step's (loss, accuracy), or None if none pended."""
-        if not self.pending:
-            return None
-        rows, self.pending = self.pending, []
-        values = self._read([r[2] for r in rows], [r[3] for r in rows])
-        for (step, elapsed, _, _), (loss, accuracy) in zip(rows, values, strict=True):
-            self.metrics.add(step, "train", loss, accuracy, elapsed=elapsed)
-        return values[-1]
-
-
 def _model_spec(
     ds_cfg: dict[str, Any], in_shape: tuple[int, int, int], classes: int, running_stats: bool
 ) -> ModelSpec:
+    """The checkpoint's model description from the dataset's resolved ``model`` section."""
     model_cfg = ds_cfg["model"]
     return ModelSpec(
         arch=model_cfg["arch"],
@@ -133,6 +70,7 @@ def _model_spec(
         hidden=list(model_cfg["hidden"]),
         filters=model_cfg["filters"],
         running_stats=running_stats,
+        options=dict(model_cfg.get("options") or {}),
     )
 
 
@@ -145,12 +83,14 @@ def train_baseline(
     device: torch.device,
     progress: bool = True,
     resume: Resume | None = None,
+    name: str = "standard training",
 ) -> TrainResult:
     """Standard supervised training on the meta-train pool (Adam with L2, BatchNorm with
     running statistics), validated each epoch on held-out images of the same classes.
 
     ``resume``: where and how often to write a resume state, and one to continue from;
     the state is taken after a step (after the epoch's validation at an epoch's end).
+    ``name``: the run's name in the progress bar and log (the workflow's method).
     """
     resume = resume or Resume()
     cfg = ds_cfg["baseline"]
@@ -196,9 +136,9 @@ def train_baseline(
         step, first_epoch = int(state["step"]), int(state["epoch"])
         done_in_epoch, order = int(state["batch_in_epoch"]), state["order"]
         set_rng_state(state["rng"])
-        log.info("resuming baseline training after step %d of %d", step, total)
+        log.info("resuming %s after step %d of %d", name, step, total)
     resumed_from = step
-    bar = _progress(total=total, initial=step, desc="baseline", disable=not progress)
+    bar = _progress(total=total, initial=step, desc=name, disable=not progress)
     for epoch in range(first_epoch, cfg["epochs"]):
         model.train()
         if order is None:
@@ -242,6 +182,17 @@ def train_baseline(
     return TrainResult(model=model, spec=spec, metrics=metrics.frame(), resumed_from=resumed_from)
 
 
+def _meta_method(name: str) -> Method:
+    """The meta-learning method ``name``; a ConfigError for another kind or an unknown one."""
+    declared = lookup_method(name)
+    if not declared.is_meta:
+        raise ConfigError(
+            f"method '{name}' uses {declared.training} training, not meta-training; "
+            "train it with run_training, which picks its loop"
+        )
+    return declared
+
+
 def train_maml(
     data: PreparedDataset,
     pools: pd.DataFrame,
@@ -257,6 +208,11 @@ def train_maml(
     """Finn et al. (2017) Algorithm 1: Adam on the mean query loss after inner SGD steps,
     tasks sampled on the fly from the meta-train pool, validated on fixed val episodes.
 
+    ``method``: a meta-learning method (:mod:`mamlscope.methods`); its ``order`` is the
+    meta-gradient's, and its inner loop (in training and validation) adapts the parameters
+    its ``adapts`` names (every one, or only the head or the body; the outer loop updates
+    them all).
+
     ``resume``: where and how often to write a resume state (after a meta-step and its
     validation), and one to continue from.
 
@@ -269,8 +225,7 @@ def train_maml(
     validation or resume state and at the end, not after every step.
     """
     resume = resume or Resume()
-    if method not in MAML_ORDER:
-        raise ConfigError(f"method '{method}' is not a MAML flavour; use one of {list(MAML_ORDER)}")
+    declared = _meta_method(method)
     cfg, ep = ds_cfg["maml"], ds_cfg["episodes"]
     seed_everything(seed)
     mean, std = data.normalize
@@ -290,13 +245,13 @@ def train_maml(
     )
     spec = _model_spec(ds_cfg, tuple(data.images.shape[1:]), ep["way"], running_stats=False)
     model = spec.build().to(device)
+    adapted = declared.adapted(model)  # None: every parameter (the inner loop's default)
     # `graph` (and `auto` on CUDA): the meta-step and a capturable Adam as one CUDA graph.
     plan = plan_training_step(cfg["strategy"], model, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["meta_lr"], capturable=plan.capture)
-    params = dict(model.named_parameters())
     metrics = _Metrics()
-    order = MAML_ORDER[method]
-    # Only maml-fd reads fd_epsilon (its training section carries it, the others' do not).
+    order = declared.order
+    # Only a finite-difference order reads fd_epsilon (only its training section has it).
     fd = {"fd_epsilon": cfg["fd_epsilon"]} if order == "finite-difference" else {}
     # None (the default, and configs written before the key): all tasks at once.
     max_tasks = cfg.get("max_tasks_in_flight")
@@ -319,28 +274,15 @@ def train_maml(
         disable=not progress,
     )
     kw = {"inner_lr": cfg["inner_lr"], "inner_steps": cfg["inner_steps"], "order": order, **fd}
-    run_step: Callable[..., tuple[Any, Any]]
-    if plan.graphed:  # the loss and accuracy stay device tensors until the log reads them
-        # Captures where it can (plan.capture); otherwise the same step eagerly, and why.
-        graphed = GraphedMetaStep(model, optimizer, max_tasks_in_flight=max_tasks, **kw)
-        run_step, mode = graphed, graphed.describe
-        if plan.reason is not None:
-            log.warning("strategy 'graph': the meta-step runs eagerly: %s", plan.reason)
-    else:
-
-        def run_step(*batch: torch.Tensor) -> tuple[float, float]:
-            result = meta_step(
-                model, *batch, strategy=cfg["strategy"], max_tasks_in_flight=max_tasks, **kw
-            )
-            for name, grad in result.grads.items():
-                params[name].grad = grad
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            return result.query_loss, result.query_accuracy
-
-        def mode() -> str:
-            return f"eager ({plan.reason})"
-
+    run_step, mode = meta_step_runner(
+        model,
+        optimizer,
+        plan,
+        strategy=cfg["strategy"],
+        max_tasks_in_flight=max_tasks,
+        adapted=adapted,
+        **kw,
+    )
     log.info("%s: meta-step %s", method, mode())  # a failed capture later logs a warning
     pending = _StepLog(metrics)
     for step in bar:
@@ -357,6 +299,7 @@ def train_maml(
                 configured_episodes(images, val_episodes, ds_cfg, mean, std, device),
                 inner_lr=cfg["inner_lr"],
                 inner_steps=cfg["test_inner_steps"],
+                adapted=adapted,
             )
             metrics.add(step, "val", float("nan"), float(val.mean()))
             log.info("step %d: val accuracy %.4f", step, val.mean())
@@ -417,9 +360,8 @@ def run_training(
     ``resume_every_steps`` steps or ``resume_every_seconds`` seconds (either; 0 turns one
     off) and on SIGTERM; the state is deleted once the checkpoint is written.
     """
-    if method not in METHODS:
-        raise ConfigError(f"unknown method '{method}'; use one of {list(METHODS)}")
-    if method != "baseline" and val_episodes is None:
+    declared = lookup_method(method)
+    if declared.is_meta and val_episodes is None:
         raise ConfigError(f"method '{method}' validates on episodes: give val_episodes")
     set_threads(threads)
     torch_device = resolve_device(device)
@@ -427,7 +369,7 @@ def run_training(
     pool_table = pd.read_parquet(pools)
     log.info("training %s on %s (seed %d, device %s)", method, images, seed, torch_device)
     cfg = dict(config)
-    inputs = [images, index, meta, pools] + ([val_episodes] if method != "baseline" else [])
+    inputs = [images, index, meta, pools] + ([val_episodes] if declared.is_meta else [])
     state = Resume()
     if resume:
         state = Resume(
@@ -437,29 +379,12 @@ def run_training(
             resume_every_seconds,
         )
     with sigterm_saves(state):
-        if method == "baseline":
-            result = train_baseline(
-                data,
-                pool_table,
-                cfg,
-                seed=seed,
-                device=torch_device,
-                progress=progress,
-                resume=state,
-            )
-        else:
+        kw: dict[str, Any] = dict(seed=seed, device=torch_device, progress=progress, resume=state)
+        if declared.is_meta:
             val = pd.read_parquet(val_episodes)
-            result = train_maml(
-                data,
-                pool_table,
-                val,
-                cfg,
-                method,
-                seed=seed,
-                device=torch_device,
-                progress=progress,
-                resume=state,
-            )
+            result = train_maml(data, pool_table, val, cfg, method, **kw)
+        else:
+            result = train_baseline(data, pool_table, cfg, name=method, **kw)
     saved = dict(saved_config if saved_config is not None else config)
     save_checkpoint(checkpoint, result.model, result.spec, method=method, seed=seed, config=saved)
     with atomic_path(metrics) as tmp:

@@ -147,30 +147,13 @@ cp "$REPO/Snakefile" "$REPO/config.yaml" "$WF/"
 for dir in rules scripts config envs profiles report; do
     [ -e "$REPO/$dir" ] && cp -r "$REPO/$dir" "$WF/$dir"
 done
-# device auto + the profile's cluster_gpu=true: training and evaluation ask for the GPU
-# (sbatch --gpus=1 on the stand-in) and, finding no CUDA in the job, run on CPU.
-cat >"$WF/tiny.yaml" <<'EOF'
-seeds: [0]
-device: auto
-methods: [baseline, maml]
-datasets:
-  digits8:
-    source: digits
-    image_size: 8
-    split: {protocol: examples, train: 0.6, val: 0.2}
-    episodes: {way: 5, shot: 1, query: 5, test_episodes: 20, val_episodes: 5}
-model: {arch: fc, hidden: [16]}
-baseline: {epochs: 1, batch_size: 64, finetune_steps: 5}
-maml: {meta_batch: 2, meta_steps: 3, val_every: 3, test_inner_steps: 2, eval_batch: 20}
-features: {neurons: [{layer: bn1, unit: 0}], probe_images: 20, adapt_episodes: 2, maximise_steps: 4}
-EOF
-if ! "$PY" - "$REPO/config/schema.yaml" <<'EOF'
-import sys, yaml
-sys.exit(0 if "features" in yaml.safe_load(open(sys.argv[1]))["properties"] else 1)
-EOF
-then
-    sed -i '/^features:/d' "$WF/tiny.yaml"  # a checkout without the feature studies
-fi
+# tests/tiny.yaml with two methods and device auto: with the profile's cluster_gpu=true,
+# training and evaluation ask for the GPU (sbatch --gpus=1 on the stand-in) and, finding
+# no CUDA in the job, run on CPU.
+sed -e 's/^device: cpu$/device: auto/' -e 's/^methods: .*$/methods: [baseline, maml]/' \
+    "$REPO/tests/tiny.yaml" >"$WF/tiny.yaml"
+grep -q '^device: auto$' "$WF/tiny.yaml" && grep -q '^methods: \[baseline, maml\]$' "$WF/tiny.yaml" \
+    || fail "tests/tiny.yaml no longer has the device and methods lines this script edits"
 
 export PATH="$(dirname "$PY"):$PATH" OMP_NUM_THREADS=1 MAMLSCOPE_SLURM_HEARTBEAT=20
 SNAKEMAKE=("$PY" -m snakemake --profile profiles/slurm --configfile tiny.yaml

@@ -1,4 +1,4 @@
-"""Low-level readers behind `mamlscope.data.sources`: checksums, IDX files, archives, image decoding.
+"""Low-level readers behind `mamlscope.data.sources`: checksums, IDX files, archives, images.
 
 Kept apart from the per-source logic so each piece can be tested on tiny files and so every
 failure is turned into a `DataError` that names the file, never a bare traceback.

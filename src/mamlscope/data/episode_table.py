@@ -17,8 +17,8 @@ import pandas as pd
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from mamlscope.errors import DataError
 from mamlscope.data.tasks import normalize_batch
+from mamlscope.errors import DataError
 
 COLUMNS = ("episode", "role", "image", "label")
 IMAGE_KEYS = ("image_size", "channels", "invert", "normalize.mean", "normalize.std")

@@ -16,10 +16,10 @@ import pandas as pd
 
 import mamlscope
 from mamlscope.config import check_normalize
-from mamlscope.errors import DataError
-from mamlscope.io import atomic_path
 from mamlscope.data.pools import source_ids
 from mamlscope.data.sources import RawDataset, read_source, resolve_config
+from mamlscope.errors import DataError
+from mamlscope.io import atomic_path
 
 IMAGES, INDEX, META = "images.npy", "index.parquet", "meta.json"
 COLUMNS = [

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from mamlscope.config import DATA_KEYS, load_schema
 from mamlscope.data.archives import (
     decode_images,
     extract_tar,
@@ -28,7 +29,6 @@ from mamlscope.data.archives import (
     scan_tree,
     tree_root,
 )
-from mamlscope.config import DATA_KEYS, load_schema
 from mamlscope.errors import ConfigError, DataError
 
 #: Schema defaults of a dataset's data keys, used when a key is absent: read from the

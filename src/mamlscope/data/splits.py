@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mamlscope.data.lookup import pool_ids
+from mamlscope.data.pools import POOLS, example_pool_sizes, make_pools, source_ids
 from mamlscope.errors import ConfigError, DataError
 from mamlscope.io import atomic_path
-from mamlscope.data.pools import POOLS, example_pool_sizes, make_pools, source_ids
 
 # The files of one seed's split folder (the workflow's rules name them from here too).
 POOLS_FILE, VAL_EPISODES, TEST_EPISODES = (
@@ -54,7 +55,7 @@ def _pool_classes(index: pd.DataFrame, pools: pd.DataFrame, pool: str) -> pd.Dat
     """``example_id``, ``class_id`` of a pool, sorted by class then example (stable order)."""
     if pool not in POOLS:
         raise ValueError(f"pool must be one of {POOLS}; got {pool!r}")
-    ids = pools.loc[pools["pool"] == pool, "example_id"].to_numpy(np.int64)
+    ids = pool_ids(pools, pool)
     return pool_table(index, ids)
 
 

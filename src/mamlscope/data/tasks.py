@@ -19,8 +19,9 @@ import pandas as pd
 import torch
 
 from mamlscope.config import check_normalize
-from mamlscope.errors import ConfigError, DataError
+from mamlscope.data.lookup import pool_ids
 from mamlscope.data.splits import check_way_shot, pool_table
+from mamlscope.errors import ConfigError, DataError
 
 if TYPE_CHECKING:  # only for the hint; mamlscope.data.prepared need not exist to import this
     from mamlscope.data.prepared import PreparedDataset
@@ -181,7 +182,7 @@ class TaskSampler:
         device: str | torch.device | None = None,
     ) -> TaskSampler:
         """A sampler over one pool of a prepared dataset, with its own normalisation."""
-        ids = pools.loc[pools["pool"] == pool, "example_id"].to_numpy(np.int64)
+        ids = pool_ids(pools, pool)
         norm = data.meta["normalize"]
         return cls(
             data.images,

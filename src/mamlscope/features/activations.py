@@ -1,8 +1,9 @@
 """Layer activations under the model's BatchNorm policy, and their Parquet layout.
 
-A :class:`~mamlscope.models.Network` is an ``nn.Sequential`` whose children run in order,
-so :func:`layer_activations` walks ``named_children()`` and keeps each child's output: no
-forward hooks to leak, and it stops after the last layer asked for. BatchNorm follows the
+:func:`layer_activations` records the layers the model's registry entry names
+(:func:`mamlscope.models.layer_names`; a module not built by the registry: its direct
+children) by forward hooks that are removed whatever happens, so any registered network
+works, residual ones included, and it stops after the last layer asked for. BatchNorm follows the
 project policy (docs/architecture.md): ``batch_statistics=True`` for MAML models (every
 BatchNorm normalises with the batch's own statistics, as during MAML's adaptation and
 evaluation, so the result depends on the whole batch); ``False`` for the baseline (eval
@@ -34,6 +35,7 @@ Rows are grouped by layer, one Parquet row group per layer, so reading one layer
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import NamedTuple
@@ -93,7 +95,7 @@ def bn_policy(model: nn.Module, *, batch_statistics: bool) -> Iterator[None]:
 
 
 def _check_layers(model: nn.Module, layers: Sequence[str] | None) -> list[str]:
-    names = [name for name, _ in model.named_children()]
+    names = models.layer_names(model)
     if layers is None:
         return names
     if isinstance(layers, str):
@@ -104,21 +106,12 @@ def _check_layers(model: nn.Module, layers: Sequence[str] | None) -> list[str]:
     return list(dict.fromkeys(layers))
 
 
-def _split_params(
-    model: nn.Module, params: Mapping[str, torch.Tensor] | None
-) -> dict[str, dict[str, torch.Tensor]]:
-    """``{'fc1.weight': w}`` -> ``{'fc1': {'weight': w}}``; unknown names are an error."""
-    if not params:
-        return {}
+def _check_params(model: nn.Module, params: Mapping[str, torch.Tensor]) -> None:
+    """Every name of ``params`` is a parameter or buffer of ``model``."""
     known = {name for name, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
     unknown = sorted(set(params) - known)
     if unknown:
         raise ConfigError(f"params names {unknown} that the model lacks; it has {sorted(known)}")
-    split: dict[str, dict[str, torch.Tensor]] = {}
-    for name, value in params.items():
-        child, _, rest = name.partition(".")
-        split.setdefault(child, {})[rest] = value
-    return split
 
 
 def layer_activations(
@@ -129,7 +122,7 @@ def layer_activations(
     batch_statistics: bool,
     params: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Output of every child of ``model`` (or of ``layers``, in the order given) for ``x``.
+    """Output of every recorded layer of ``model`` (or of ``layers``, in the order given).
 
     ``x`` is a normalised float batch ``[N, C, H, W]``. ``params`` (e.g. adapted weights
     from :func:`mamlscope.maml.adapt`, keyed like ``named_parameters``) replace the
@@ -138,25 +131,15 @@ def layer_activations(
     activation maximisation differentiate through it). Unknown layer names raise
     :class:`~mamlscope.errors.ConfigError` listing the layers that exist.
     """
-    if not isinstance(model, nn.Sequential):
-        raise TypeError(
-            f"layer_activations needs an nn.Sequential (a mamlscope Network), got "
-            f"{type(model).__name__}: running the children in order must equal forward"
-        )
     wanted = _check_layers(model, layers)
-    split = _split_params(model, params)
-    remaining = set(wanted)
-    captured: dict[str, torch.Tensor] = {}
-    h = x  # [N, C, H, W], then each layer's output
+    if params:
+        _check_params(model, params)
+        swapped = dict(params)
+        forward = functools.partial(functional_call, model, swapped, (x,))
+    else:
+        forward = functools.partial(model, x)
     with bn_policy(model, batch_statistics=batch_statistics):
-        for name, child in model.named_children():
-            h = functional_call(child, split[name], (h,)) if name in split else child(h)
-            if name in remaining:
-                captured[name] = h
-                remaining.discard(name)
-                if not remaining:
-                    break
-    return {name: captured[name] for name in wanted}
+        return models.layer_outputs(model, wanted, forward)
 
 
 def summarise(act: torch.Tensor) -> torch.Tensor:

@@ -4,13 +4,16 @@ probe images and on a few fixed test episodes before and after adaptation.
 What the rows hold (layout: :mod:`mamlscope.features.activations`):
 
 * stage ``meta``, episode ``-1``: the probe set, the same images for every method, through
-  the trained weights. BatchNorm follows the project policy: the baseline uses its running
-  statistics; MAML models use batch statistics, here those of the whole probe batch.
+  the trained weights. BatchNorm follows the project policy: standard training uses its
+  running statistics; meta-learned models use batch statistics, here those of the whole
+  probe batch.
 * stage ``meta`` and ``adapted``, episode ``e``: the support and query images of test
-  episode ``e`` before and after adaptation on its support set. MAML adapts all weights
-  with the evaluation's inner loop, and normalises as its evaluation does
+  episode ``e`` before and after adaptation on its support set, as the method's
+  evaluation adapts (:mod:`mamlscope.methods`): its inner loop adapts what it adapts
+  (every weight, or only the head or the body) and normalises as its evaluation does
   (``maml.eval_batchnorm``: support and queries each with their own batch statistics, or
-  both with the support set's); the baseline keeps its body and fits a fresh N-way head.
+  both with the support set's); a fine-tuned model keeps its body and fits a fresh
+  N-way head.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from mamlscope.features.probe import choose_probe
 from mamlscope.finetune import features_of, fit_heads
 from mamlscope.io import atomic_path
 from mamlscope.maml import adapt
+from mamlscope.methods import method as lookup_method
 from mamlscope.models import statistics_from_first
 from mamlscope.runtime import resolve_device, set_threads
 
@@ -126,7 +130,9 @@ def extract_activations(
     set_threads(threads)
     torch_device = resolve_device(device)
     ckpt = load_checkpoint(checkpoint, torch_device)
-    model, maml = ckpt.model, ckpt.method != "baseline"
+    method = lookup_method(ckpt.method)
+    # Meta-learned models use batch statistics (the BatchNorm policy), others running ones.
+    model, maml = ckpt.model, method.is_meta
     data = PreparedDataset.from_files(images, index, meta)
     mean, std = data.normalize
     pixels = images_to_tensor(data.images, torch_device)
@@ -142,6 +148,7 @@ def extract_activations(
         )
     ]
     params = {k: p.detach() for k, p in model.named_parameters()}
+    adapted_names = method.adapted(model)  # what its inner loop adapts (None: every weight)
     buffers = {k: b.detach() for k, b in model.named_buffers()}
     for episode, rows in _episode_rows(pd.read_parquet(test_episodes), adapt_episodes):
         support, query = rows[~rows["is_query"]], rows[rows["is_query"]]
@@ -152,7 +159,7 @@ def extract_activations(
         labels = rows["label"].to_numpy(np.int64)
         kw = {"maml": maml, "batchnorm": settings.batchnorm}
         before = episode_activations(model, support_x, query_x, **kw)
-        if maml:
+        if method.evaluation == "inner-loop":
             with torch.enable_grad():
                 adapted = adapt(
                     model,
@@ -162,10 +169,11 @@ def extract_activations(
                     support_y,
                     inner_lr=settings.inner_lr,
                     inner_steps=settings.inner_steps,
+                    adapted=adapted_names,
                 )
             after = episode_activations(model, support_x, query_x, params=adapted, **kw)
         else:
-            after = _baseline_adapted(
+            after = _fresh_head_adapted(
                 model, before, support_x, support_y, settings, ckpt.seed, episode
             )
         frames.append(activations_frame(before, ep_ids, labels, stage="meta", episode=episode))
@@ -176,7 +184,7 @@ def extract_activations(
     return frame
 
 
-def _baseline_adapted(
+def _fresh_head_adapted(
     model: nn.Module,
     before: Acts,
     support_x: torch.Tensor,
@@ -185,8 +193,9 @@ def _baseline_adapted(
     seed: int,
     episode: int,
 ) -> Acts:
-    """The baseline after adaptation: its body unchanged, and the fresh N-way head fitted
-    on the support features as its evaluation fits it (the same seeded initial head)."""
+    """A fine-tuned model after adaptation: its body unchanged, and the fresh N-way head
+    fitted on the support features as its evaluation fits it (the same seeded initial
+    head)."""
     model.eval()
     fs = features_of(model, support_x).unsqueeze(0)  # [1, N*K, F]
     weight, bias = fit_heads(

@@ -4,7 +4,8 @@ Figures are built on ``matplotlib.figure.Figure`` directly (the Agg canvas), nev
 ``pyplot``: no global backend switch, no figure registry to leak memory in a long job.
 Every function returns the Figure; :func:`save` writes it at :data:`DPI`, so a figure of
 ``figsize = (w, h)`` inches is ``w * DPI`` by ``h * DPI`` pixels. Title strings follow
-``"mnist5k · maml · seed 0"``; :data:`METHOD_ORDER` is the panel order for comparisons.
+``"mnist5k · maml · seed 0"``; comparisons put the methods in their display order
+(:func:`mamlscope.methods.ordered`).
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ from torch import nn
 from mamlscope.features.embedding import embed
 from mamlscope.features.saliency import saliency_maps
 from mamlscope.io import atomic_path
+from mamlscope.methods import ordered
+from mamlscope.models import first_layer
 
 __all__ = [
     "DPI",
-    "METHOD_ORDER",
     "plot_cka",
     "embed",
     "plot_embedding",
@@ -44,7 +46,6 @@ __all__ = [
 ]
 
 DPI = 100
-METHOD_ORDER = ("baseline", "maml", "fomaml", "maml-fd")
 DIVERGING = "RdBu_r"  # weights: red positive, blue negative, white 0
 SEQUENTIAL = "magma"  # saliency
 STYLE = {
@@ -113,16 +114,19 @@ def _mosaic(tiles: np.ndarray, cols: int, fill: float) -> np.ndarray:
 
 
 def _first_layer_weights(model: nn.Module, in_shape: tuple[int, int, int]) -> np.ndarray:
-    """First-layer filters as images ``[filters, C, h, w]``."""
-    names = dict(model.named_children())
-    if "conv1" in names:
-        return _numpy(names["conv1"].weight)  # [F, C, k, k]
-    if "fc1" in names:
-        weight = _numpy(names["fc1"].weight)  # [units, C*H*W]
-        if weight.shape[1] != math.prod(in_shape):
-            raise ValueError(f"fc1 takes {weight.shape[1]} inputs; in_shape {in_shape} is not it")
+    """The first layer's filters as images ``[filters, C, h, w]``: the layer the model's
+    registry entry names (:func:`mamlscope.models.first_layer`), a conv's kernels or a
+    linear layer's rows reshaped to ``in_shape``."""
+    name, layer = first_layer(model)
+    weight = _numpy(layer.weight)
+    if weight.ndim == 4:
+        return weight  # [F, C, k, k]
+    if weight.ndim == 2 and weight.shape[1] == math.prod(in_shape):
         return weight.reshape(len(weight), *in_shape)  # [units, C, H, W]
-    raise ValueError(f"no first layer 'conv1' or 'fc1' in {list(names)}")
+    raise ValueError(
+        f"first layer {name!r} has weights {weight.shape}; expected conv kernels or a linear "
+        f"layer over the {math.prod(in_shape)} pixels of in_shape {in_shape}"
+    )
 
 
 @_styled
@@ -132,7 +136,7 @@ def plot_first_layer_filters(
     title: str,
     max_filters: int | None = None,
 ) -> Figure:
-    """``fc1`` rows as ``in_shape`` images, or ``conv1`` kernels, in one grid.
+    """The first layer's rows as ``in_shape`` images (fc), or its kernels (conv), in one grid.
 
     One channel: a diverging map centred at 0 with one shared colour bar, so sign and
     size compare across filters. Three channels: RGB with grey at 0 (each filter
@@ -298,9 +302,9 @@ def plot_training_curves(metrics: pd.DataFrame, title: str) -> Figure:
         raise ValueError(f"metrics lacks column(s) {sorted(missing)}")
     keys = [c for c in ("method", "seed") if c in metrics.columns]
     runs = list(metrics.groupby(keys, sort=False)) if keys else [((), metrics)]
-    order = {m: i for i, m in enumerate(METHOD_ORDER)}
-    if "method" in keys:  # keys[0]: panels in METHOD_ORDER, unknown methods last
-        runs.sort(key=lambda kv: order.get(kv[0][0], len(order)))
+    if "method" in keys:  # keys[0]: the methods' display order, unknown methods last
+        rank = {m: i for i, m in enumerate(ordered(key[0] for key, _ in runs))}
+        runs.sort(key=lambda kv: rank[kv[0][0]])
     fig = Figure(figsize=(10.0, 4.0), layout="constrained")
     ax_loss, ax_acc = fig.subplots(1, 2)
     cmap = matplotlib.colormaps["tab10"]
@@ -353,7 +357,7 @@ def side_by_side(
     out_path: str | os.PathLike[str],
     title: str | None = None,
 ) -> Figure:
-    """Put saved PNGs in one row at their own resolution (e.g. :data:`METHOD_ORDER`) and save.
+    """Put saved PNGs in one row at their own resolution (e.g. one per method) and save.
 
     Each panel keeps its pixels (no resampling); panel titles and an optional overall
     title sit in a band above. Returns the Figure, already written to ``out_path``.

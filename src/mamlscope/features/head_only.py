@@ -1,81 +1,58 @@
-"""The `head_only` job: does MAML need to adapt its body, or only its head? (ANIL, Raghu et
-al. 2020)
+"""The `head_only` job: does a meta-learned model need to adapt its body, or only its head?
+(Raghu et al. 2020, "Rapid learning or feature reuse?")
 
-For each MAML model, accuracy on the fixed test episodes when only the ``head`` adapts
-(the same inner loop, learning rate and steps, the body frozen at the meta-learned
-weights and normalised as in its evaluation), beside full adaptation (the evaluation's
-own numbers, from ``evaluation.json``). The baseline's evaluation already is "frozen
-features, a head fitted per episode": its row is that number.
+For each model whose evaluation runs an inner loop that adapts more than the head,
+accuracy on the fixed test episodes when only the ``head`` adapts (the same inner loop,
+learning rate, steps and BatchNorm mode, the body frozen at the meta-learned weights),
+beside its own adaptation (the evaluation's numbers, from ``evaluation.json``). A method
+whose evaluation already adapts only the head (a fresh head on frozen features, or an
+inner loop over the head alone) has that one row.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
-import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mamlscope.checkpoint import load_checkpoint
 from mamlscope.data.prepared import PreparedDataset
 from mamlscope.data.tasks import images_to_tensor
-from mamlscope.evaluate import EvalSettings, summarize
-from mamlscope.finetune import features_of
+from mamlscope.evaluate import EvalSettings, evaluate_maml, summarize
+from mamlscope.finetune import Batch
 from mamlscope.io import atomic_path
-from mamlscope.models import batch_statistics, statistics_from_first
+from mamlscope.maml import select_parameters
+from mamlscope.methods import method as lookup_method
 from mamlscope.runtime import resolve_device, set_threads
 
 COLUMNS = ("dataset", "method", "seed", "adaptation", "batchnorm", "mean", "ci95", "episodes")
+# How the Markdown summary names each `adaptation` value (`Method.adaptation`).
+ADAPTED = {"full": "every layer", "head": "head only", "body": "body only"}
 
 
-def _features(
-    model: nn.Module, support_x: torch.Tensor, query_x: torch.Tensor, batchnorm: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One episode's support and query features with batch statistics as in evaluation."""
-    with batch_statistics():
-        if batchnorm == "support":
-            with statistics_from_first(len(support_x)):
-                both = features_of(model, torch.cat([support_x, query_x]))
-            return both[: len(support_x)], both[len(support_x) :]
-        return features_of(model, support_x), features_of(model, query_x)
-
-
-@torch.no_grad()
 def head_only_accuracy(
     model: nn.Module,
-    batches,  # type: ignore[no-untyped-def]
+    batches: Iterable[Batch],
     *,
     inner_lr: float,
     inner_steps: int,
     batchnorm: str,
 ) -> np.ndarray:
-    """Per-episode query accuracy after ``inner_steps`` SGD steps on the head alone."""
-    head = model.head
-    out = []
-    for support_x, support_y, query_x, query_y in batches:
-        episodes = support_x.shape[0]
-        pairs = [_features(model, support_x[e], query_x[e], batchnorm) for e in range(episodes)]
-        fs = torch.stack([p[0] for p in pairs])  # [E, N*K, F]
-        fq = torch.stack([p[1] for p in pairs])  # [E, N*Q, F]
-        weight = head.weight.detach().expand(episodes, -1, -1).clone()  # [E, way, F]
-        bias = head.bias.detach().expand(episodes, -1).clone().unsqueeze(1)  # [E, 1, way]
-        for _ in range(inner_steps):
-            with torch.enable_grad():
-                w, b = weight.requires_grad_(), bias.requires_grad_()
-                logits = torch.baddbmm(b, fs, w.transpose(1, 2))  # [E, N*K, way]
-                # Sum of each episode's mean loss: each head gets its own task's gradient.
-                loss = (
-                    F.cross_entropy(logits.flatten(0, 1), support_y.flatten(), reduction="sum")
-                    / support_y.shape[1]
-                )
-                gw, gb = torch.autograd.grad(loss, (w, b))
-            weight, bias = (weight - inner_lr * gw).detach(), (bias - inner_lr * gb).detach()
-        logits = torch.baddbmm(bias, fq, weight.transpose(1, 2))  # [E, N*Q, way]
-        out.append((logits.argmax(-1) == query_y).float().mean(-1).cpu().numpy())
-    return np.concatenate(out)
+    """Per-episode query accuracy after ``inner_steps`` inner-loop steps on the head alone:
+    the one inner loop (:func:`mamlscope.maml.adapt_and_predict`) with only ``head``'s
+    parameters adapted, the body's features normalised as in evaluation."""
+    return evaluate_maml(
+        model,
+        batches,
+        inner_lr=inner_lr,
+        inner_steps=inner_steps,
+        batchnorm=batchnorm,
+        adapted=select_parameters(model, "head"),
+    )
 
 
 def run_head_only(
@@ -92,16 +69,18 @@ def run_head_only(
     out: str | os.PathLike[str],
     threads: int | None = None,
 ) -> pd.DataFrame:
-    """Write the head-only and full-adaptation rows of one model to ``out``."""
+    """Write the rows of one model to ``out``: its own adaptation (from ``evaluation``), and
+    head-only adaptation where its inner loop adapts more than the head."""
     set_threads(threads)
+    method = lookup_method(settings.method)
     summary = json.loads(open(evaluation).read())
     rows = [
         {
-            "adaptation": "head" if settings.method == "baseline" else "full",
+            "adaptation": method.adaptation,
             **{k: summary[k] for k in ("mean", "ci95", "episodes")},
         }
     ]
-    if settings.method != "baseline":
+    if method.evaluation == "inner-loop" and method.adapts != "head":
         torch_device = resolve_device(device)
         ckpt = load_checkpoint(checkpoint, torch_device)
         data = PreparedDataset.from_files(images, index, meta)
@@ -131,7 +110,8 @@ def gather_head_only(
     out_parquet: str | os.PathLike[str],
     out_markdown: str | os.PathLike[str],
 ) -> pd.DataFrame:
-    """Every model's rows in one table, and a Markdown summary (full against head-only)."""
+    """Every model's rows in one table, and a Markdown summary (its own adaptation against
+    head-only)."""
     table = pd.concat([pd.read_parquet(t) for t in tables], ignore_index=True)
     table = table.sort_values(["dataset", "method", "seed", "adaptation"]).reset_index(drop=True)
     with atomic_path(out_parquet) as tmp:
@@ -141,7 +121,7 @@ def gather_head_only(
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for r in table.itertuples():
-        what = "head only" if r.adaptation == "head" else "every layer"
+        what = ADAPTED.get(r.adaptation, r.adaptation)
         lines.append(
             f"| {r.dataset} | {r.method} | {r.seed} | {what} | {r.batchnorm} | "
             f"{100 * r.mean:.2f} +- {100 * r.ci95:.2f}% |"

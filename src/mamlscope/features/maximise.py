@@ -189,10 +189,9 @@ def _stats(value: float | Sequence[float] | torch.Tensor, channels: int) -> torc
 
 
 def _needs_context(model: nn.Module, layer: str) -> bool:
-    names = [name for name, _ in model.named_children()]
-    norms = [
-        i for i, (_, m) in enumerate(model.named_children()) if isinstance(m, models.BatchNorm)
-    ]
+    """Whether ``layer`` is, or comes after, a recorded layer that holds a BatchNorm."""
+    names = models.layer_names(model)
+    norms = [names.index(name) for name in models.normalised_layers(model, names)]
     return layer in names and bool(norms) and names.index(layer) >= norms[0]
 
 

@@ -31,6 +31,10 @@ from mamlscope.features.embedding import embed
 from mamlscope.features.maximise import maximise
 from mamlscope.features.saliency import saliency_maps
 from mamlscope.io import atomic_path
+from mamlscope.methods import label as method_label
+from mamlscope.methods import method as lookup_method
+from mamlscope.methods import ordered
+from mamlscope.models import layer_names, normalised_layers
 from mamlscope.runtime import resolve_device, set_threads
 
 log = logging.getLogger("mamlscope")
@@ -55,14 +59,16 @@ def stack_vertically(pngs: Sequence[str | os.PathLike[str]], out: str | os.PathL
 
 
 def chosen_neurons(model: Any, neurons: Sequence[Mapping[str, Any]] | None) -> list[dict]:
-    """The configured neurons, or by default unit 0 of the last two BatchNorm layers."""
+    """The configured neurons, or by default unit 0 of the last two recorded layers that
+    are (``bn3``, ``bn4``) or hold (a residual block) a BatchNorm."""
     if neurons is not None:
         return [dict(n) for n in neurons]
-    norms = [name for name in model.layer_names() if name.startswith("bn")]
-    return [{"layer": name, "unit": 0} for name in norms[-2:]]
+    return [{"layer": name, "unit": 0} for name in normalised_layers(model)[-2:]]
 
 
 def _penultimate(layers: Sequence[str]) -> str:
+    """The recorded layer before ``head``: its output is ``head``'s input (the registry's
+    contract), the penultimate features."""
     return layers[list(layers).index("head") - 1]
 
 
@@ -85,7 +91,9 @@ def plot_model_features(
     set_threads(threads)
     torch_device = resolve_device(device)
     ckpt = load_checkpoint(checkpoint, torch_device)
-    model, maml = ckpt.model, ckpt.method != "baseline"
+    # Meta-learned models run with batch statistics (the BatchNorm policy); others with
+    # their running statistics.
+    model, maml = ckpt.model, lookup_method(ckpt.method).is_meta
     data = PreparedDataset.from_files(images, index, meta)
     mean, std = data.normalize
     probe_df = pd.read_parquet(probe)
@@ -100,7 +108,7 @@ def plot_model_features(
         figures.plot_first_layer_filters(model, ckpt.spec.in_shape, f"{title} · first layer"),
         out["filters"],
     )
-    layer = _penultimate(model.layer_names())
+    layer = _penultimate(layer_names(model))
     matrix = layer_matrix(frame, layer)  # probe rows, sorted by example id like `ids`
     for method, name in (("tsne", "t-SNE"), ("pca", "PCA")):
         points = embed(matrix.values, method, seed=seed)
@@ -195,11 +203,12 @@ def compare_methods(
     title: str,
 ) -> None:
     """For each figure name in ``out``, the methods' PNGs (``pngs[method][name]``) side by
-    side in the order baseline, maml, fomaml, maml-fd."""
-    methods = [m for m in figures.METHOD_ORDER if m in pngs] + [
-        m for m in pngs if m not in figures.METHOD_ORDER
-    ]
+    side in the methods' display order (:func:`mamlscope.methods.ordered`)."""
+    methods = ordered(pngs)
     for name, path in out.items():
         figures.side_by_side(
-            [pngs[m][name] for m in methods], methods, path, title=f"{title} · {name}"
+            [pngs[m][name] for m in methods],
+            [method_label(m) for m in methods],
+            path,
+            title=f"{title} · {name}",
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from mamlscope.data.lookup import pool_ids
 from mamlscope.errors import DataError
 
 
@@ -59,7 +60,7 @@ def choose_probe(
     available = sorted(pools["pool"].astype(str).unique())
     if pool not in available:
         raise DataError(f"pool {pool!r} is not in the pools table; it has {available}")
-    ids = pools.loc[pools["pool"] == pool, "example_id"].to_numpy(np.int64)
+    ids = pool_ids(pools, pool)
     members = index.loc[index["example_id"].isin(ids), ["example_id", "class_id"]]
     members = members.astype(np.int64).sort_values(["class_id", "example_id"], kind="stable")
     if n > len(members):

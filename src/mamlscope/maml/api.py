@@ -1,15 +1,16 @@
 """The public entry points: :func:`meta_step`, :func:`meta_gradients`, :func:`adapt_and_predict`.
 
-They check arguments, pick a strategy (:data:`AUTO`) and split tasks into chunks where that
-is faster. Every order runs in the model's dtype (maml-fd holds ReLU/max-pool gates). The
-computation itself is one of :data:`mamlscope.maml.strategies.STRATEGY_TABLE`.
+They check arguments, build the settings (:mod:`mamlscope.maml.settings`), pick a strategy
+(:data:`AUTO`) and split tasks into chunks where that is faster. Every order runs in the
+model's dtype (maml-fd holds ReLU/leaky-ReLU/max-pool gates), except maml-fd on a model
+with a kink that cannot be held (:mod:`mamlscope.maml.fd_fallback`). The computation
+itself is one of :data:`mamlscope.maml.strategies.STRATEGY_TABLE`.
 """
 
 from __future__ import annotations
 
 import functools
-import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import torch
@@ -17,11 +18,18 @@ from torch import nn
 
 from mamlscope.errors import ConfigError
 from mamlscope.maml.batched_forward import unsupported_reason
+from mamlscope.maml.fd_fallback import unheld_plan, unheld_reason
 from mamlscope.maml.inner_loop import Params
+from mamlscope.maml.parameters import resolve_adapted
+from mamlscope.maml.settings import (
+    FD_EPSILON,
+    ORDERS,  # noqa: F401  (public here as before)
+    Gradient,
+    InnerLoop,
+)
 from mamlscope.maml.strategies import STRATEGY_TABLE, MetaOutput
-from mamlscope.models import unheld_kinks
+from mamlscope.maml.torch_norms import running_statistics_problem
 
-ORDERS = ("second", "first", "finite-difference")
 # "graph": the "batched" step, which training (mamlscope.maml.graph.GraphedMetaStep)
 # captures with Adam in one CUDA graph; anywhere else it runs as "batched".
 STRATEGIES = ("auto", "graph", *STRATEGY_TABLE)
@@ -36,9 +44,6 @@ AUTO = {
 # Tasks per call of the strategy under "auto" (absent: all tasks at once); on 2 CPU cores
 # chunks of 4 were fastest for conv4 (docs/benchmarks.md).
 AUTO_CHUNK = {"cpu": {"conv": 4}}
-# Norm of maml-fd's perturbation: with gates held, float32 resolves it and the smooth
-# O(r^2) error stays small (measured in docs/benchmarks.md, "maml-fd fidelity and cost").
-FD_EPSILON = 1e-3
 
 
 @dataclass(frozen=True)
@@ -58,11 +63,16 @@ def _kind(model: nn.Module) -> str:
 def resolve_strategy(strategy: str, model: nn.Module, device: torch.device) -> str:
     """The strategy that runs: ``"auto"`` becomes :data:`AUTO`'s choice for the device type
     and model kind (``"conv"`` if it has a ``Conv2d``, else ``"dense"``); ``"vmap"`` replaces
-    ``"batched"`` for a model the batched forward cannot run. ``"graph"`` is the
-    ``"batched"`` computation (only training captures it in a CUDA graph, see
-    :mod:`mamlscope.maml.graph`), so it resolves to ``"batched"``. Others pass through."""
+    ``"batched"`` for a model the batched forward cannot run (vmap runs any module, in
+    every order). ``"graph"`` is the ``"batched"`` computation (only training captures it
+    in a CUDA graph, see :mod:`mamlscope.maml.graph`), so it resolves to ``"batched"``.
+    Others pass through. A torch BatchNorm tracking running statistics is refused here,
+    for every strategy (:mod:`mamlscope.maml.torch_norms`)."""
     if strategy not in STRATEGIES:
         raise ConfigError(f"strategy must be one of {list(STRATEGIES)}, got {strategy!r}")
+    problem = running_statistics_problem(model)
+    if problem is not None:
+        raise ConfigError(problem)
     reason = unsupported_reason(model)
     if strategy in ("batched", "graph") and reason is not None:
         raise ConfigError(f"strategy {strategy!r} cannot run this model: {reason}; use 'vmap'")
@@ -74,19 +84,14 @@ def resolve_strategy(strategy: str, model: nn.Module, device: torch.device) -> s
     return "vmap" if choice == "batched" and reason is not None else choice
 
 
-def _check_args(
+def check_tasks(
     support_x: torch.Tensor,
     support_y: torch.Tensor,
     query_x: torch.Tensor,
     query_y: torch.Tensor | None,
-    *,
-    inner_lr: float,
-    inner_steps: int,
 ) -> None:
-    if isinstance(inner_steps, bool) or not isinstance(inner_steps, int) or inner_steps < 0:
-        raise ConfigError(f"inner_steps must be an integer >= 0, got {inner_steps!r}")
-    if not math.isfinite(inner_lr) or inner_lr < 0:
-        raise ConfigError(f"inner_lr must be a finite number >= 0, got {inner_lr!r}")
+    """Episode tensors of matching ``[tasks, examples, ...]`` shapes (``query_y`` None: a
+    prediction, only ``query_x``'s task and example dims are checked)."""
     if query_y is None:  # prediction: only the query images' task and example dims matter
         query_y = torch.empty(query_x.shape[:2])
     for name, x, y in (("support", support_x, support_y), ("query", query_x, query_y)):
@@ -121,14 +126,36 @@ def _in_chunks(
     if chunk is None or chunk >= tasks:
         return meta(model, support_x, support_y, query_x, query_y)
     total: Params = {}
-    loss = accuracy = 0.0
+    loss: torch.Tensor | float = 0.0
+    accuracy: torch.Tensor | float = 0.0
     for i in range(0, tasks, chunk):
         j = min(i + chunk, tasks)
         weight = (j - i) / tasks
         out = meta(model, support_x[i:j], support_y[i:j], query_x[i:j], query_y[i:j])
         total = {k: total.get(k, 0) + weight * v for k, v in out.grads.items()}
         loss, accuracy = loss + weight * out.loss, accuracy + weight * out.accuracy
+    assert isinstance(loss, torch.Tensor) and isinstance(accuracy, torch.Tensor)  # chunks >= 1
     return MetaOutput(total, loss, accuracy)
+
+
+def _run_meta(
+    model: nn.Module,
+    tasks: tuple[torch.Tensor, ...],
+    *,
+    inner: InnerLoop,
+    gradient: Gradient,
+    chosen: str,
+    chunk: int | None,
+) -> MetaOutput:
+    """The chosen strategy over ``tasks`` in chunks; maml-fd un-held in float64 where the
+    model has a kink the strategy cannot hold (only ``batched`` holds every kink it runs)."""
+    dtype = next(model.parameters()).dtype
+    if gradient.order == "finite-difference" and chosen != "batched" and inner.steps > 0:
+        if unheld_reason(model, tasks[0][0]) is not None:
+            model, tasks, gradient = unheld_plan(model, tasks, gradient)
+    meta = functools.partial(STRATEGY_TABLE[chosen].meta, inner=inner, gradient=gradient)
+    out = _in_chunks(meta, chunk, model, *tasks)
+    return MetaOutput({k: g.detach().to(dtype) for k, g in out.grads.items()}, *out[1:])
 
 
 def meta_step(
@@ -144,55 +171,49 @@ def meta_step(
     fd_epsilon: float = FD_EPSILON,
     strategy: str = "auto",
     max_tasks_in_flight: int | None = None,
+    adapted: Collection[str] | None = None,
 ) -> MetaStepResult:
     """Meta-gradients of the mean post-adaptation query loss, plus that loss and accuracy.
 
     ``support_x`` ``[T, N*K, C, H, W]``, ``support_y`` ``[T, N*K]``, ``query_x``
     ``[T, N*Q, C, H, W]``, ``query_y`` ``[T, N*Q]``. ``grads`` has the names and shapes of
     ``model.named_parameters()``; apply them with any optimiser (Finn et al.'s line 10 uses
-    Adam). Neither parameters, ``.grad`` nor buffers of ``model`` are changed.
+    Adam). Neither parameters, ``.grad`` nor buffers of ``model`` are changed. ``model``
+    is any ``nn.Module`` (``"auto"`` picks a strategy that runs it).
 
     ``order``: ``"second"`` (exact, through the inner loop), ``"first"`` (first-order MAML)
     or ``"finite-difference"`` (the exact recursion with Hessian-vector products by central
-    differences of norm ``fd_epsilon``, in the model's dtype, with the ReLU masks and
-    max-pool choices of the unperturbed point held so that no perturbation crosses a kink;
-    :func:`mamlscope.maml.inner_loop.fd_meta_gradient`). Holding needs this package's
-    ``ReLU``/``MaxPool2d`` (what :func:`mamlscope.models.build_model` makes) or the
-    ``batched`` strategy; otherwise a ``ConfigError``.
+    differences of norm ``fd_epsilon``, in the model's dtype, with the ReLU masks,
+    leaky-ReLU slopes and max-pool choices of the unperturbed point held so that no
+    perturbation crosses a kink; :func:`mamlscope.maml.inner_loop.fd_meta_gradient`).
+    Mamlscope's layers and torch's ``nn.ReLU``, ``nn.LeakyReLU`` and ``nn.MaxPool2d`` hold
+    their gates; for a model with another kink (``F.relu`` in a custom forward,
+    ``nn.ReLU6``...) the differences run un-held in float64 instead, logged once
+    (:mod:`mamlscope.maml.fd_fallback`).
+
+    ``adapted``: the names of the parameters the inner loop moves (None: all; e.g.
+    :func:`mamlscope.maml.select_parameters`); the others stay fixed in the inner loop and
+    still get their meta-gradient, through the query loss and (second order, finite
+    differences) through the inner loop's dependence on them.
 
     ``max_tasks_in_flight``: run the strategy on at most this many tasks at a time and
     combine the chunks into the same mean (``maml.max_tasks_in_flight``: peak memory
     bounded by the chunk, not the meta-batch); None, all at once (or ``"auto"``'s chunks).
     """
     check_max_tasks_in_flight(max_tasks_in_flight)
-    if order not in ORDERS:
-        raise ConfigError(f"order must be one of {list(ORDERS)}, got {order!r}")
-    if not math.isfinite(fd_epsilon) or fd_epsilon <= 0:
-        raise ConfigError(f"fd_epsilon must be a finite number > 0, got {fd_epsilon!r}")
-    _check_args(support_x, support_y, query_x, query_y, inner_lr=inner_lr, inner_steps=inner_steps)
+    gradient = Gradient(order, fd_epsilon)
+    inner = InnerLoop(inner_lr, inner_steps, resolve_adapted(model, adapted))
+    check_tasks(support_x, support_y, query_x, query_y)
     first = next(model.parameters())
     chosen = resolve_strategy(strategy, model, first.device)
-    if order == "finite-difference" and chosen != "batched" and unheld_kinks(model):
-        raise ConfigError(
-            f"order 'finite-difference' with strategy {chosen!r} needs the ReLU and max-pool "
-            f"layers of mamlscope.models to hold their gates; {unheld_kinks(model)} are not "
-            "(use strategy 'batched' or build the model with mamlscope.models)"
-        )
     chunk = None
-    if strategy == "auto" and chosen == "batched" and unsupported_reason(model) is None:
+    if strategy == "auto" and chosen == "batched":
         chunk = AUTO_CHUNK.get(first.device.type, {}).get(_kind(model))
     if max_tasks_in_flight is not None:
         chunk = max_tasks_in_flight if chunk is None else min(chunk, max_tasks_in_flight)
-    meta = functools.partial(
-        STRATEGY_TABLE[chosen].meta,
-        inner_lr=inner_lr,
-        inner_steps=inner_steps,
-        order=order,
-        fd_epsilon=fd_epsilon,
-    )
-    out = _in_chunks(meta, chunk, model, support_x, support_y, query_x, query_y)
-    grads = {k: g.detach() for k, g in out.grads.items()}  # the model's dtype
-    return MetaStepResult(grads, float(out.loss), float(out.accuracy), chosen)
+    tasks = (support_x, support_y, query_x, query_y)
+    out = _run_meta(model, tasks, inner=inner, gradient=gradient, chosen=chosen, chunk=chunk)
+    return MetaStepResult(out.grads, float(out.loss), float(out.accuracy), chosen)
 
 
 def meta_gradients(
@@ -233,26 +254,23 @@ def adapt_and_predict(
     inner_steps: int,
     strategy: str = "vmap",
     batchnorm: str = "transductive",
+    adapted: Collection[str] | None = None,
 ) -> torch.Tensor:
     """Query logits ``[T, N*Q, classes]`` after adapting on each task's support set.
 
-    Evaluation with the same inner loop as training; the model is not changed and no graph
-    is returned. ``batchnorm`` (:data:`BATCHNORM_MODES`) says how queries are normalised:
-    ``"transductive"`` with the statistics of all queries of the task together (Finn et
-    al.), ``"support"`` with the support set's statistics, so that no query's prediction
-    depends on another query. ``"vmap"`` by default, the fastest or close to it for
-    evaluation's many inner steps (docs/benchmarks.md).
+    Evaluation with the same inner loop as training (``adapted`` as in :func:`meta_step`);
+    the model is not changed and no graph is returned. ``batchnorm``
+    (:data:`BATCHNORM_MODES`) says how queries are normalised: ``"transductive"`` with the
+    statistics of all queries of the task together (Finn et al.), ``"support"`` with the
+    support set's statistics (mamlscope's and torch's BatchNorm layers alike), so that no
+    query's prediction depends on another query. ``"vmap"`` by default, the fastest or
+    close to it for evaluation's many inner steps (docs/benchmarks.md).
     """
     if batchnorm not in BATCHNORM_MODES:
         raise ConfigError(f"batchnorm must be one of {list(BATCHNORM_MODES)}, got {batchnorm!r}")
-    _check_args(support_x, support_y, query_x, None, inner_lr=inner_lr, inner_steps=inner_steps)
+    inner = InnerLoop(inner_lr, inner_steps, resolve_adapted(model, adapted))
+    check_tasks(support_x, support_y, query_x, None)
     chosen = resolve_strategy(strategy, model, next(model.parameters()).device)
     return STRATEGY_TABLE[chosen].predict(
-        model,
-        support_x,
-        support_y,
-        query_x,
-        inner_lr=inner_lr,
-        inner_steps=inner_steps,
-        batchnorm=batchnorm,
+        model, support_x, support_y, query_x, inner=inner, batchnorm=batchnorm
     )

@@ -7,14 +7,18 @@ with ordinary ops, so plain ``torch.autograd.grad`` (with ``create_graph``) diff
 * ``Linear``: ``torch.baddbmm`` with per-task weights ``[T, out, in]``;
 * ``Conv2d``: one grouped convolution, ``groups=T``, over activations laid out
   ``[B, T*C, H, W]``, so each task's filters see only that task's channels;
-* ``BatchNorm``: batch statistics per task over that task's own batch (and space), or over
+* ``BatchNorm`` (this package's, and torch's ``nn.BatchNorm1d``/``2d`` that track no running
+  statistics): batch statistics per task over that task's own batch (and space), or over
   its first rows inside :func:`mamlscope.models.statistics_from_first`; the same
   :func:`mamlscope.models.batch_norm` the per-task model uses, except after a conv, where
   the native ``F.batch_norm`` on the ``[B, T*C, H, W]`` layout computes the same function
   in fewer passes over memory (:data:`FUSED_CONV_BATCH_NORM`);
-* ``ReLU``, ``MaxPool2d``, ``SpatialMean``, ``Flatten``: channel-wise, on the same layouts;
-  ReLU masks and max-pool choices follow :func:`mamlscope.models.hold_gates` for every
-  ``nn.ReLU``/``nn.MaxPool2d``, subclass or not.
+* ``ReLU``, ``LeakyReLU``, ``MaxPool2d``, ``SpatialMean``, ``Flatten``: channel-wise, on the
+  same layouts; masks, slopes and max-pool choices follow
+  :func:`mamlscope.models.hold_gates` (torch's layers and this package's alike).
+
+A layer is run only if its ``forward`` is one of these classes' own (a subclass with a
+forward of its own computes something else): :func:`unsupported_reason` says why not.
 
 Two layouts flow between layers: ``"tb"`` = ``[T, B, ...]`` (features, or images before the
 first conv) and ``"bt"`` = ``[B, T*C, H, W]`` (conv activations).
@@ -26,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mamlscope.gates import MaxPool2d, ReLU, gated_leaky_relu
 from mamlscope.models import (
     BatchNorm,
     FlattenLinear,
@@ -43,16 +48,43 @@ from mamlscope.models import (
 # before. False: every BatchNorm as models.batch_norm (the reference in tests).
 FUSED_CONV_BATCH_NORM = True
 
-_SUPPORTED = (nn.Linear, nn.Conv2d, BatchNorm, nn.ReLU, nn.MaxPool2d, SpatialMean, nn.Flatten)
+_TORCH_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+# The forwards this module knows how to batch (a subclass may keep one or bring its own).
+_FORWARDS = frozenset(
+    cls.forward
+    for cls in (
+        nn.Linear,
+        FlattenLinear,
+        nn.Conv2d,
+        BatchNorm,
+        *_TORCH_BATCH_NORMS,
+        nn.ReLU,
+        ReLU,
+        nn.LeakyReLU,
+        nn.MaxPool2d,
+        MaxPool2d,
+        SpatialMean,
+        nn.Flatten,
+    )  # fmt: skip
+)
 
 
 def unsupported_reason(model: nn.Module) -> str | None:
     """Why ``model`` cannot use :func:`batched_forward`, or ``None`` when it can."""
-    if not isinstance(model, nn.Sequential):
+    if not isinstance(model, nn.Sequential) or type(model).forward is not nn.Sequential.forward:
         return f"{type(model).__name__} is not an nn.Sequential of layers"
     for name, layer in model.named_children():
-        if not isinstance(layer, _SUPPORTED):
+        torch_norm = isinstance(layer, nn.modules.batchnorm._BatchNorm)
+        if type(layer).forward not in _FORWARDS or (
+            torch_norm and not isinstance(layer, _TORCH_BATCH_NORMS)
+        ):
             return f"layer {name!r} ({type(layer).__name__}) has no task-batched form"
+        if isinstance(layer, _TORCH_BATCH_NORMS) and layer.track_running_stats:
+            return f"layer {name!r} ({type(layer).__name__}) tracks running statistics"
+        if isinstance(layer, _TORCH_BATCH_NORMS) and not layer.affine:
+            return f"layer {name!r} ({type(layer).__name__}) has no affine parameters"
+        if isinstance(layer, nn.MaxPool2d) and layer.return_indices:
+            return f"layer {name!r} returns max-pool indices"
         if isinstance(layer, nn.Conv2d) and (layer.groups != 1 or layer.padding_mode != "zeros"):
             return f"layer {name!r} uses groups or non-zero padding"
         if isinstance(layer, nn.Flatten) and (layer.start_dim, layer.end_dim) != (1, -1):
@@ -74,12 +106,13 @@ def _bt_to_tb(h: torch.Tensor, tasks: int) -> torch.Tensor:
 
 
 def batched_forward(
-    model: nn.Sequential, params: dict[str, torch.Tensor], x: torch.Tensor
+    model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor
 ) -> torch.Tensor:
     """Logits ``[T, B, classes]`` of ``x`` ``[T, B, C, H, W]`` under per-task ``params``.
 
-    ``params`` maps ``model.named_parameters()`` names to tensors with a leading task dim
-    (``[T, *shape]``). BatchNorm always uses each task's batch statistics (MAML's policy).
+    ``model``: an ``nn.Sequential`` that :func:`unsupported_reason` accepts. ``params`` maps
+    ``model.named_parameters()`` names to tensors with a leading task dim (``[T, *shape]``).
+    BatchNorm always uses each task's batch statistics (MAML's policy).
     """
     tasks, batch = x.shape[:2]
     rows = reference_rows()  # None: statistics over the whole batch
@@ -100,17 +133,17 @@ def batched_forward(
             if layout == "tb":
                 h, layout = _to_bt(h), "bt"
             w = params[f"{name}.weight"]  # [T, O, C, kh, kw]
-            bias = params[f"{name}.bias"].reshape(-1) if layer.bias is not None else None  # [T*O]
+            conv_bias = params[f"{name}.bias"].reshape(-1) if layer.bias is not None else None
             h = F.conv2d(
                 h,
                 w.reshape(-1, *w.shape[2:]),  # [T*O, C, kh, kw]
-                bias,
+                conv_bias,  # [T*O]
                 stride=layer.stride,
                 padding=layer.padding,
                 dilation=layer.dilation,
                 groups=tasks,
             )  # [B, T*O, H', W']
-        elif isinstance(layer, BatchNorm):
+        elif isinstance(layer, BatchNorm | nn.BatchNorm1d | nn.BatchNorm2d):
             w, b = params[f"{name}.weight"], params[f"{name}.bias"]  # [T, C]
             # (The native kernel refuses a channel of one value; models.batch_norm gives
             # it zero variance, so the output is the bias.)
@@ -131,6 +164,8 @@ def batched_forward(
                 h = batch_norm(h, w.unsqueeze(1), b.unsqueeze(1), (1,), layer.eps, ref)  # [T, B, F]
         elif isinstance(layer, nn.ReLU):  # any ReLU: gates can be held here (models.hold_gates)
             h = gated_relu(h)
+        elif isinstance(layer, nn.LeakyReLU):
+            h = gated_leaky_relu(h, layer.negative_slope)
         elif isinstance(layer, nn.MaxPool2d):
             h = gated_max_pool2d(layer, h)  # [B, T*C, H/2, W/2], channel-wise
         elif isinstance(layer, SpatialMean):

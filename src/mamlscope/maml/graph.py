@@ -34,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,15 +43,15 @@ from torch import nn
 
 from mamlscope.errors import ConfigError
 from mamlscope.maml.api import (
-    FD_EPSILON,
-    ORDERS,
     STRATEGIES,
-    _check_args,
     _in_chunks,
     check_max_tasks_in_flight,
+    check_tasks,
     resolve_strategy,
 )
 from mamlscope.maml.batched_forward import unsupported_reason
+from mamlscope.maml.parameters import resolve_adapted
+from mamlscope.maml.settings import FD_EPSILON, Gradient, InnerLoop
 from mamlscope.maml.strategies import batched_meta
 
 log = logging.getLogger("mamlscope")
@@ -112,14 +112,14 @@ def load_optimizer_state(
     needs it, whatever the saved state says (a state written by a CUDA-graph run loads
     into an eager CPU run and the other way round), with ``step`` where that mode keeps it:
     on the parameter's device when capturable, on the CPU otherwise."""
-    optimizer.load_state_dict(state)
+    optimizer.load_state_dict(dict(state))
     for group in optimizer.param_groups:
         if "capturable" in group:
             group["capturable"] = capturable
         for p in group["params"]:
             entry = optimizer.state.get(p)
             step = entry.get("step") if entry else None
-            if isinstance(step, torch.Tensor):
+            if entry is not None and isinstance(step, torch.Tensor):
                 device = p.device if capturable else torch.device("cpu")
                 entry["step"] = step.detach().to(device=device, dtype=torch.float32)
 
@@ -154,7 +154,8 @@ class GraphedMetaStep:
     ``model``: built by :mod:`mamlscope.models` and runnable by the batched forward;
     ``optimizer``: over ``model.parameters()``, ``capturable=True`` for a capture (a
     non-capturable optimiser runs eagerly, with that as the reason). ``order``,
-    ``inner_lr``, ``inner_steps``, ``fd_epsilon`` as :func:`mamlscope.maml.meta_step`;
+    ``inner_lr``, ``inner_steps``, ``fd_epsilon`` and ``adapted`` (the parameters the inner
+    loop moves; None: all) as :func:`mamlscope.maml.meta_step`;
     ``max_tasks_in_flight``: the batched step over chunks of at most that many tasks
     (peak memory of a chunk, not of the whole meta-batch). ``capture=False``: always the
     eager body over the static buffers.
@@ -179,27 +180,19 @@ class GraphedMetaStep:
         capture: bool = True,
         warmup_steps: int = WARMUP_STEPS,
         recorder: Recorder | None = None,
+        adapted: Collection[str] | None = None,
     ) -> None:
-        if order not in ORDERS:
-            raise ConfigError(f"order must be one of {list(ORDERS)}, got {order!r}")
-        reason = unsupported_reason(model)
-        if reason is not None:
-            raise ConfigError(f"strategy 'graph' cannot run this model: {reason}; use 'vmap'")
+        gradient = Gradient(order, fd_epsilon)
+        self.inner = InnerLoop(inner_lr, inner_steps, resolve_adapted(model, adapted))
+        resolve_strategy("graph", model, next(model.parameters()).device)  # or ConfigError
         check_max_tasks_in_flight(max_tasks_in_flight)
         self.model, self.optimizer = model, optimizer
         self.names = [name for name, _ in model.named_parameters()]
         self.params = [p for _, p in model.named_parameters()]
         self.device = self.params[0].device
-        self.inner_lr, self.inner_steps = inner_lr, inner_steps
         self.max_tasks_in_flight = max_tasks_in_flight
         self.warmup_steps = int(warmup_steps)
-        self._meta = functools.partial(
-            batched_meta,
-            inner_lr=inner_lr,
-            inner_steps=inner_steps,
-            order=order,
-            fd_epsilon=fd_epsilon,
-        )
+        self._meta = functools.partial(batched_meta, inner=self.inner, gradient=gradient)
         if recorder is not None:
             self.recorder = recorder
         if not capture:
@@ -280,15 +273,7 @@ class GraphedMetaStep:
 
     def _allocate(self, inputs: tuple[torch.Tensor, ...], signature: tuple[Any, ...]) -> None:
         """Static buffers for inputs of a new shape; the old graph read the old ones."""
-        support_x, support_y, query_x, query_y = inputs
-        _check_args(
-            support_x,
-            support_y,
-            query_x,
-            query_y,
-            inner_lr=self.inner_lr,
-            inner_steps=self.inner_steps,
-        )
+        check_tasks(*inputs)
         if any(t.device != self.device for t in inputs):
             raise ConfigError(
                 f"task tensors must be on the model's device {self.device}; got "

@@ -7,33 +7,44 @@
 Both take a ``grad_fn`` (support-loss gradient at given parameters), so the same code runs
 with ``torch.func.grad`` under ``vmap``, with ``torch.autograd.grad`` per task, and with
 ``torch.autograd.grad`` on task-batched parameters ``[T, ...]``.
+
+Both also take the set of adapted parameters (:class:`mamlscope.maml.settings.InnerLoop`'s
+``adapted``; None: all): with projection ``P`` onto those coordinates the inner step is
+``theta_{k+1} = theta_k - a P g(theta_k)``, so the backward recursion is
+``v <- v - a H_k (P v)``: every parameter gets a meta-gradient, only the adapted ones move.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from mamlscope.maml.settings import InnerLoop
 from mamlscope.models import Gates, hold_gates
 
 Params = dict[str, torch.Tensor]
 GradFn = Callable[[Params], Params]
 
 
-def inner_loop(
-    grad_fn: GradFn, params: Params, *, inner_lr: float, inner_steps: int
-) -> list[Params]:
-    """The SGD trajectory ``[theta_0, ..., theta_K]``, ``theta_{k+1} = theta_k - a grad(theta_k)``.
+def inner_loop(grad_fn: GradFn, params: Params, inner: InnerLoop) -> list[Params]:
+    """The SGD trajectory ``[theta_0, ..., theta_K]``, ``theta_{k+1} = theta_k - a grad(theta_k)``
+    on the adapted parameters; the others are carried along unchanged (the same tensors).
 
-    Whether the steps are differentiable is up to ``grad_fn`` and the caller, so this one
-    recurrence serves training (every order) and evaluation.
+    ``grad_fn`` needs to return the gradients of the adapted parameters only. Whether the
+    steps are differentiable is up to ``grad_fn`` and the caller, so this one recurrence
+    serves training (every order) and evaluation.
     """
     trajectory = [params]
-    for _ in range(inner_steps):
+    for _ in range(inner.steps):
         grads = grad_fn(params)
-        params = {k: p - inner_lr * grads[k] for k, p in params.items()}
+        if inner.adapted is None:
+            params = {k: p - inner.lr * grads[k] for k, p in params.items()}
+        else:
+            params = {
+                k: p - inner.lr * grads[k] if k in inner.adapted else p for k, p in params.items()
+            }
         trajectory.append(params)
     return trajectory
 
@@ -52,6 +63,11 @@ def _norm(v: Params, task_dim: bool) -> torch.Tensor:
     return torch.stack(squares).square().sum(0).sqrt()  # [T] or []
 
 
+def _moved(theta: Params, u: Params, r: torch.Tensor) -> Params:
+    """``theta + r u`` on the coordinates ``u`` has; the other parameters as they are."""
+    return {n: torch.addcmul(p, _per_task(r, p), u[n]) if n in u else p for n, p in theta.items()}
+
+
 def fd_meta_gradient(
     grad_fn: GradFn,
     trajectory: list[Params],
@@ -61,13 +77,17 @@ def fd_meta_gradient(
     fd_epsilon: float,
     task_dim: bool = False,
     gates: Sequence[Gates] | None = None,
+    adapted: Collection[str] | None = None,
 ) -> Params:
-    """``(I - a H_0) ... (I - a H_{K-1}) v`` with ``H_k v`` by central differences.
+    """``(I - a H_0 P) ... (I - a H_{K-1} P) v`` with ``H_k (P v)`` by central differences.
 
     ``v`` starts as ``grad L_q(theta_K)``; the Hessians are those of the support loss along
     ``trajectory`` (``[theta_0, ..., theta_K]``), applied from the last step back, and
     ``H v ~ (grad(theta + r v) - grad(theta - r v)) / 2r`` with ``r = fd_epsilon / ||v||``
     per task, so the perturbation has norm ``fd_epsilon`` (DARTS, Liu et al. 2019).
+    ``adapted`` (None: all): ``P`` keeps those coordinates, so only they are perturbed (and
+    the norm is theirs) while the difference of gradients is taken over every parameter.
+    ``grad_fn`` returns the gradients of every parameter.
 
     ``gates[k]``: the ReLU masks and max-pool choices of the support forward at
     ``theta_k`` (:func:`mamlscope.models.record_gates`). Both perturbed gradients then run
@@ -82,12 +102,15 @@ def fd_meta_gradient(
     """
     for k in reversed(range(len(trajectory) - 1)):
         theta, held = trajectory[k], None if gates is None else gates[k]
-        norm = _norm(v, task_dim)  # [] or [T]
+        u = v if adapted is None else {n: v[n] for n in theta if n in adapted}  # P v
+        if not u:  # nothing adapts: the step is the identity, and so is its Jacobian
+            continue
+        norm = _norm(u, task_dim)  # [] or [T]
         r = fd_epsilon / norm.clamp_min(torch.finfo(norm.dtype).tiny)  # [] or [T]
         with hold_gates(held):
-            plus = grad_fn({n: torch.addcmul(p, _per_task(r, p), v[n]) for n, p in theta.items()})
+            plus = grad_fn(_moved(theta, u, r))
         with hold_gates(held):
-            minus = grad_fn({n: torch.addcmul(p, _per_task(-r, p), v[n]) for n, p in theta.items()})
+            minus = grad_fn(_moved(theta, u, -r))
         scale = -inner_lr / (2 * r)  # [] or [T]
         diff = {n: plus[n].sub_(minus[n]) for n in theta}  # grad_fn's fresh outputs, no graph
         v = {n: torch.addcmul(v[n], diff[n], _per_task(scale, v[n])) for n in theta}

@@ -1,20 +1,41 @@
 """The findings: sentences generated from the numbers, never typed in.
 
 Each function returns Markdown bullet lines; :func:`findings` gathers them in order:
-the best method per dataset, the ordering MAML > FOMAML >= FD, feature reuse from CKA
-(Raghu et al. 2020) and head-only against full adaptation. Two accuracies "differ" here
-when their 95% intervals do not overlap (a conservative reading: intervals that overlap
-slightly can still differ at the 5% level).
+the best method per dataset, the ordering MAML > FOMAML >= FD (meta-gradient orders
+second > first >= finite-difference, among methods whose inner loop adapts every
+parameter), feature reuse from CKA (Raghu et al. 2020) and head-only against the model's
+own adaptation. Two accuracies "differ" here when their 95% intervals do not overlap (a
+conservative reading: intervals that overlap slightly can still differ at the 5% level).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import pandas as pd
 
+from mamlscope.methods import method as lookup_method
+from mamlscope.methods import ordered
 from mamlscope.report.results import Results, pooled_accuracy
 from mamlscope.report.studies import FEATURE_REUSE_CKA, feature_reuse
 
-ORDER = ("maml", "fomaml", "maml-fd")  # the expected ordering MAML > FOMAML >= FD
+# The expected ordering MAML > FOMAML >= FD, by meta-gradient order.
+ORDERS = ("second", "first", "finite-difference")
+# How the head-only table names what a model's own adaptation changed.
+ADAPTED = {"full": "every layer", "body": "the body only"}
+
+
+def ordering_methods(methods: Iterable[str]) -> dict[str, str]:
+    """``{order: method}``: for each meta-gradient order, the first of ``methods`` (display
+    order) that meta-learns with it and adapts every parameter in its inner loop, the
+    methods the ordering compares (a variant adapting part of the network is another
+    question)."""
+    found: dict[str, str] = {}
+    for name in ordered(methods):
+        method = lookup_method(name)
+        if method.is_meta and method.adapts == "all" and method.order is not None:
+            found.setdefault(method.order, name)
+    return found
 
 
 def overlap(a: pd.Series, b: pd.Series) -> bool:
@@ -57,37 +78,43 @@ def best_methods(pooled: pd.DataFrame) -> list[str]:
 
 
 def maml_ordering(pooled: pd.DataFrame) -> list[str]:
-    """Per dataset: whether maml > fomaml >= maml-fd holds by the means, and how clearly."""
+    """Per dataset: whether second > first >= finite-difference order holds by the means
+    (e.g. maml > fomaml >= maml-fd, :func:`ordering_methods`), and how clearly."""
     lines = []
     for dataset, g in pooled.groupby("dataset", sort=False):
         rows = {r["method"]: r for _, r in g.iterrows()}
-        missing = [m for m in ORDER if m not in rows]
+        by_order = ordering_methods(rows)
+        missing = [o for o in ORDERS if o not in by_order]
         if missing:
             lines.append(
-                f"- **{dataset}**: the ordering maml > fomaml >= maml-fd is not assessed "
-                f"({', '.join(missing)} did not run)."
+                f"- **{dataset}**: the ordering of meta-gradient orders second > first >= "
+                f"finite-difference is not assessed (no {', '.join(missing)}-order method "
+                "adapting every parameter ran)."
             )
             continue
-        maml, fo, fd = (rows[m] for m in ORDER)
-        first = maml["mean"] > fo["mean"]
-        second = fo["mean"] >= fd["mean"]
-        holds = first and second
-        d1, d2 = abs(100 * (maml["mean"] - fo["mean"])), abs(100 * (fo["mean"] - fd["mean"]))
+        a, b, c = (by_order[o] for o in ORDERS)
+        second, first, fd = (rows[m] for m in (a, b, c))
+        above = second["mean"] > first["mean"]
+        not_below = first["mean"] >= fd["mean"]
+        d1 = abs(100 * (second["mean"] - first["mean"]))
+        d2 = abs(100 * (first["mean"] - fd["mean"]))
         parts = [
-            f"maml {'>' if first else '<='} fomaml by {d1:.2f} points ({_verdict(maml, fo)})",
-            f"fomaml {'>=' if second else '<'} maml-fd by {d2:.2f} points ({_verdict(fo, fd)})",
+            f"{a} {'>' if above else '<='} {b} by {d1:.2f} points ({_verdict(second, first)})",
+            f"{b} {'>=' if not_below else '<'} {c} by {d2:.2f} points ({_verdict(first, fd)})",
         ]
-        resolved = not overlap(maml, fo) and not overlap(fo, fd)
+        resolved = not overlap(second, first) and not overlap(first, fd)
         tail = "" if resolved else "; with overlapping intervals the ordering is not resolved"
+        verdict = "holds" if above and not_below else "does not hold"
         lines.append(
-            f"- **{dataset}**: maml > fomaml >= maml-fd {'holds' if holds else 'does not hold'} "
-            f"by the means: {parts[0]}, {parts[1]}{tail}."
+            f"- **{dataset}**: {a} > {b} >= {c} {verdict} by the means: {parts[0]}, "
+            f"{parts[1]}{tail}."
         )
     return lines
 
 
 def cka_findings(cka: pd.DataFrame) -> list[str]:
-    """Whether CKA before against after adaptation supports feature reuse, per MAML flavour."""
+    """Whether CKA before against after adaptation supports feature reuse, per model whose
+    adaptation can change its body."""
     if cka is None or cka.empty:
         return [
             "- **Feature reuse:** no CKA results in this run (no `cka.parquet` under "
@@ -95,11 +122,13 @@ def cka_findings(cka: pd.DataFrame) -> list[str]:
             "adaptation (Raghu et al. 2020) is not assessed."
         ]
     reuse = feature_reuse(cka)
-    reuse = reuse[reuse["method"] != "baseline"]  # the baseline's body is frozen by design
+    # A body that adaptation never changes (a fresh head, or an inner loop over the head
+    # only) stays put by design: no evidence either way.
+    reuse = reuse[[lookup_method(m).adapts_body for m in reuse["method"]]]
     if reuse.empty:
         return [
-            "- **Feature reuse:** the CKA results hold no MAML model before and after "
-            "adaptation, so feature reuse is not assessed."
+            "- **Feature reuse:** the CKA results hold no model whose adaptation can change "
+            "its body, so feature reuse is not assessed."
         ]
     lines = []
     for r in reuse.itertuples():
@@ -130,7 +159,8 @@ def cka_findings(cka: pd.DataFrame) -> list[str]:
 
 
 def head_only_findings(head_only: pd.DataFrame | None) -> list[str]:
-    """Head-only against full adaptation per MAML flavour, when the run measured it."""
+    """Head-only against the model's own adaptation (every layer, or the body), per model
+    whose own adaptation is more than the head, when the run measured it."""
     if head_only is None or head_only.empty:
         return [
             "- **Head-only adaptation:** not produced by this run (no "
@@ -139,16 +169,17 @@ def head_only_findings(head_only: pd.DataFrame | None) -> list[str]:
     lines = []
     for (dataset, method), g in head_only.groupby(["dataset", "method"], sort=False):
         rows = {r["adaptation"]: r for _, r in g.iterrows()}
-        if not {"full", "head"} <= set(rows):
+        own_kind = next((a for a in ADAPTED if a in rows), None)
+        if own_kind is None or "head" not in rows:
             continue
-        full, head = rows["full"], rows["head"]
-        for r in (full, head):
+        own, head = rows[own_kind], rows["head"]
+        for r in (own, head):
             r["low"], r["high"] = r["mean"] - r["ci95"], r["mean"] + r["ci95"]
-        gap = 100 * (full["mean"] - head["mean"])
+        gap = 100 * (own["mean"] - head["mean"])
         lines.append(
             f"- **{dataset}, {method}**: adapting the head only gives {_acc(head)} against "
-            f"{_acc(full)} adapting every layer ({gap:+.2f} points for full adaptation; "
-            f"{_verdict(full, head)})."
+            f"{_acc(own)} adapting {ADAPTED[own_kind]} ({gap:+.2f} points for its own "
+            f"adaptation; {_verdict(own, head)})."
         )
     return lines or ["- **Head-only adaptation:** no model has both head-only and full rows."]
 

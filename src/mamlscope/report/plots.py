@@ -14,6 +14,8 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure, SubFigure
 
+from mamlscope.methods import label as method_label
+from mamlscope.methods import method as lookup_method
 from mamlscope.report.results import Results
 
 PHASES = {"train": dict(lw=1.2), "val": dict(marker="o", ms=3, ls="--", lw=0.8)}
@@ -25,9 +27,10 @@ STYLE = {"font.size": 9, "axes.spines.top": False, "axes.spines.right": False}
 def training_curves(results: Results, dataset: str) -> Figure:
     """Loss (top) and accuracy (bottom) against step, one column per method.
 
-    One colour per seed; training as lines, validation dashed with markers. A step is a
-    mini-batch for the baseline and a meta-step for MAML, so columns have their own x axes.
-    MAML's validation loss is not recorded (NaN) and is left out.
+    One colour per seed; training as lines, validation dashed with markers. A step is what
+    the method's training steps over (a mini-batch, or a meta-step: `Method.step_unit`),
+    so columns have their own x axes. Meta-training's validation loss is not recorded
+    (NaN) and is left out.
     """
     with matplotlib.rc_context(STYLE):
         fig = Figure(figsize=(3.0 * max(len(results.methods), 1) + 1.6, 5.0), layout="constrained")
@@ -64,8 +67,8 @@ def _draw_curves(fig: Figure | SubFigure, results: Results, dataset: str) -> Non
                         axes[row, col].plot(
                             p["step"], p[column], color=cmap(i % 10), label=label, **style
                         )
-        axes[0, col].set_title(method)
-        axes[1, col].set_xlabel("step (batch)" if method == "baseline" else "meta-step")
+        axes[0, col].set_title(method_label(method))
+        axes[1, col].set_xlabel(lookup_method(method).step_unit)
         for ax in axes[:, col]:
             ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel("loss")

@@ -29,9 +29,11 @@ import pandas as pd
 
 from mamlscope.errors import DataError
 from mamlscope.evaluate import summarize
+from mamlscope.methods import method as lookup_method
 
-# The seed project's reference point for the baseline (its README): plain test accuracy on
-# full MNIST. A fact about the seed, quoted beside our baseline, not a result of this run.
+# The seed project's reference point for standard training (its README): plain test accuracy
+# on full MNIST, with its `baseline` section's settings. A fact about the seed, quoted beside
+# the methods that report plain test accuracy, not a result of this run.
 REFERENCE: dict[str, Any] = {
     "accuracy": 0.9671,
     "dataset": "full MNIST",
@@ -166,8 +168,9 @@ def pct(x: float, digits: int = 2) -> str:
 def accuracy_table(results: Results) -> pd.DataFrame:
     """The accuracy table for display: dataset by method, mean and 95% interval.
 
-    The baseline's row also carries its plain test accuracy and the seed's reference point
-    (:data:`REFERENCE`, on full MNIST) where the dataset is MNIST.
+    The rows of methods that report plain test accuracy (`Method.plain_accuracy`) also carry
+    it and the seed's reference point (:data:`REFERENCE`, on full MNIST) where the dataset
+    is MNIST.
     """
     pooled = pooled_accuracy(results)
     sources = {d: results.config["datasets"][d]["source"] for d in results.datasets}
@@ -194,7 +197,7 @@ def accuracy_table(results: Results) -> pd.DataFrame:
             ],
             "seed's reference": [
                 f"{pct(REFERENCE['accuracy'])} ({REFERENCE['dataset']})"
-                if m == "baseline" and sources[d] in MNIST_SOURCES
+                if lookup_method(m).plain_accuracy and sources[d] in MNIST_SOURCES
                 else ""
                 for d, m in zip(pooled["dataset"], pooled["method"], strict=True)
             ],
@@ -204,13 +207,19 @@ def accuracy_table(results: Results) -> pd.DataFrame:
 
 
 def reference_note(results: Results) -> str:
-    """Why the baseline's plain accuracy differs from the seed's reference (Markdown).
+    """Why the plain accuracy of standard training differs from the seed's reference
+    (Markdown), for the first method of the run that reports plain test accuracy.
 
-    Compares the number of training images, the Adam steps they make and any baseline key
-    that differs from the seed's setting.
+    Compares the number of training images, the Adam steps they make and any key of its
+    training section that differs from the seed's setting.
     """
-    if "baseline" not in results.methods:
-        return "The baseline was not run, so the seed's reference point is not compared."
+    plain = [m for m in results.methods if lookup_method(m).plain_accuracy]
+    if not plain:
+        return (
+            "No method that reports plain test accuracy was run, so the seed's reference "
+            "point is not compared."
+        )
+    method = plain[0]
     ref = REFERENCE
     lines = [
         f"The seed's reference point is {pct(ref['accuracy'])} plain test accuracy on "
@@ -219,7 +228,7 @@ def reference_note(results: Results) -> str:
     pooled = pooled_accuracy(results).set_index(["dataset", "method"])
     for dataset in results.datasets:
         ds = results.config["datasets"][dataset]
-        row = pooled.loc[(dataset, "baseline")]
+        row = pooled.loc[(dataset, method)]
         if ds["source"] not in MNIST_SOURCES or not np.isfinite(row["plain"]):
             lines.append(
                 f"- **{dataset}** ({ds['source']}): not MNIST with a shared-class test pool, "
@@ -227,7 +236,7 @@ def reference_note(results: Results) -> str:
             )
             continue
         n = int(np.mean([results.train_images[(dataset, s)] for s in results.seeds]))
-        base = ds["baseline"]
+        base = ds[lookup_method(method).section]
         steps = base["epochs"] * math.ceil(n / base["batch_size"])
         ref_steps = ref["baseline"]["epochs"] * math.ceil(
             ref["train_images"] / ref["baseline"]["batch_size"]
@@ -242,7 +251,7 @@ def reference_note(results: Results) -> str:
         )
         gap = 100 * (ref["accuracy"] - row["plain"])
         sentence = (
-            f"- **{dataset}**: the baseline reaches {pct(row['plain'])} plain test accuracy "
+            f"- **{dataset}**: {method} reaches {pct(row['plain'])} plain test accuracy "
             f"({'1 seed' if row['seeds'] == 1 else f'mean of {row.seeds} seeds'}), "
             f"{abs(gap):.2f} points "
             f"{'below' if gap > 0 else 'above'} the reference, with {setting} but "

@@ -86,8 +86,8 @@ def accuracy(results: Results) -> None:
         accuracy_table(results),
         "Accuracy on the fixed test episodes: the per-episode accuracies of every seed are "
         "pooled, and the mean is given with its 95% interval, 1.96 * std / sqrt(episodes). "
-        "'per seed' lists each seed's own mean; 'plain test accuracy' is the baseline's "
-        "ordinary classification accuracy on the test pool.",
+        "'per seed' lists each seed's own mean; 'plain test accuracy' is a standard-trained "
+        "model's ordinary classification accuracy on the test pool.",
     )
     markdown(reference_note(results))
 
@@ -150,8 +150,8 @@ def cka(results: Results) -> None:
         shown,
         "CKA of each layer before against after adaptation, averaged over seeds: the body "
         f"(every layer but the head) and the head; 'reuse' when every body layer is at "
-        f"least {studies.FEATURE_REUSE_CKA} and the head lower (Raghu et al. 2020). The "
-        "baseline's body is frozen in adaptation by design, so its body is 1.",
+        f"least {studies.FEATURE_REUSE_CKA} and the head lower (Raghu et al. 2020). A model "
+        "whose adaptation changes only its head keeps its body by design, so its body is 1.",
     )
 
 

@@ -7,11 +7,11 @@ rest, so it works with or without them::
     {results}/{dataset}/{method}/seed{seed}/figures/{study}.png    one model
     {results}/{dataset}/compare/seed{seed}/{study}.png             the methods side by side
     {results}/{dataset}/compare/seed{seed}/cka.parquet             dataset, seed, model_a,
-        model_b, layer_a, layer_b, stage ('meta': baseline against a MAML flavour on the
-        probe set; 'adaptation': one model's layer before against after adaptation), cka
+        model_b, layer_a, layer_b, stage ('meta': the reference model against each other
+        on the probe set; 'adaptation': one model's layer before against after adaptation), cka
     {results}/{dataset}/compare/seed{seed}/cka_methods.png, cka_adaptation.png
-    {results}/head_only.parquet      dataset, method, seed, adaptation ('full' or 'head'),
-        mean, ci95, episodes
+    {results}/head_only.parquet      dataset, method, seed, adaptation ('full', 'body' or
+        'head'), mean, ci95, episodes
 """
 
 from __future__ import annotations
@@ -77,8 +77,8 @@ CKA_FIGURES: tuple[Study, ...] = (
     Study(
         "cka_methods",
         "CKA between methods",
-        "Linear CKA of every layer of the baseline against every layer of each MAML flavour, "
-        "on the probe set (the same images for every model).",
+        "Linear CKA of every layer of the reference model (standard training) against every "
+        "layer of each other model, on the probe set (the same images for every model).",
     ),
     Study(
         "cka_adaptation",

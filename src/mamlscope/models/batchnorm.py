@@ -1,7 +1,4 @@
-"""The networks of the study (an MLP and Finn et al.'s conv4) and a BatchNorm safe for MAML.
-
-Every network is a :class:`Network`, an ``nn.Sequential`` whose children have stable names
-(``conv1, bn1, relu1, ..., head``) so that analysis code can hook any layer by name.
+"""A BatchNorm safe for MAML, and the contexts that choose its statistics.
 
 BatchNorm policy
 ----------------
@@ -27,40 +24,17 @@ fused kernel's double backward; ``tests/test_maml.py`` checks that on every stra
   leak a traced value, so MAML models are built with ``running_stats=False`` and
   :mod:`mamlscope.maml` runs every forward inside :func:`batch_statistics`, which never
   writes buffers, whatever the model.
-
-Held gates
-----------
-The ReLU and max-pool layers are :class:`mamlscope.gates.ReLU` and
-:class:`mamlscope.gates.MaxPool2d`, which can replay a recorded pattern (maml-fd's central
-differences rely on it; re-exported here with :func:`record_gates` and :func:`hold_gates`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections import OrderedDict
 from collections.abc import Iterator
 
 import torch
 from torch import nn
 from torch.func import functional_call
-
-from mamlscope.errors import ConfigError
-from mamlscope.gates import (  # noqa: F401  (re-exported: the layers' gate mechanism)
-    Gates,
-    MaxPool2d,
-    ReLU,
-    gated_max_pool2d,
-    gated_relu,
-    hold_gates,
-    record_gates,
-    unheld_kinks,
-)
-
-ARCHS = ("fc", "conv4", "conv4-maxpool")
-FC_HIDDEN_DEFAULT = [256, 128, 64, 64]
-FILTERS_DEFAULT = {"conv4": 64, "conv4-maxpool": 32}
 
 _FORCE_BATCH_STATS: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "mamlscope_force_batch_stats", default=False
@@ -212,37 +186,6 @@ class BatchNorm2d(BatchNorm):
     """:class:`BatchNorm` for ``[batch, channels, height, width]`` inputs."""
 
 
-class SpatialMean(nn.Module):
-    """Mean over height and width: ``[B, C, H, W] -> [B, C]`` (Finn et al.'s conv4 pooling)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.mean(dim=(2, 3))  # [B, C]
-
-
-class FlattenLinear(nn.Linear):
-    """``nn.Linear`` that first flattens ``[B, C, H, W]`` to ``[B, C*H*W]`` (the fc net's ``fc1``).
-
-    Flattening inside the first layer, not in a separate child, keeps the fc layer names
-    exactly ``fc1, bn1, relu1, ..., head`` while running the children in order still equals
-    ``forward`` (code that walks ``named_children()`` to get features relies on that).
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.flatten(1))  # [B, out]
-
-
-class Network(nn.Sequential):
-    """An ``nn.Sequential`` with stable layer names; ``forward`` runs the children in order."""
-
-    def __init__(self, layers: OrderedDict[str, nn.Module], *, arch: str) -> None:
-        super().__init__(layers)
-        self.arch = arch
-
-    def layer_names(self) -> list[str]:
-        """Child names in forward order, e.g. ``['conv1', 'bn1', 'relu1', ..., 'head']``."""
-        return layer_names(self)
-
-
 def functional_forward(
     model: nn.Module,
     params: dict[str, torch.Tensor],
@@ -255,101 +198,3 @@ def functional_forward(
     """
     with batch_statistics():
         return functional_call(model, (params, buffers), (x,))
-
-
-def layer_names(model: nn.Module) -> list[str]:
-    """Names of ``model``'s direct children in forward order (valid ``get_submodule`` keys)."""
-    return [name for name, _ in model.named_children()]
-
-
-def _positive_int(value: object, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{key} must be a positive integer, got {value!r}")
-    return value
-
-
-def _fc(in_features: int, num_classes: int, hidden: list[int], running_stats: bool) -> Network:
-    layers: OrderedDict[str, nn.Module] = OrderedDict()
-    width = in_features
-    for i, h in enumerate(hidden, start=1):
-        layers[f"fc{i}"] = (FlattenLinear if i == 1 else nn.Linear)(width, h)
-        layers[f"bn{i}"] = BatchNorm1d(h, track_running_stats=running_stats)
-        layers[f"relu{i}"] = ReLU()
-        width = h
-    layers["head"] = nn.Linear(width, num_classes)
-    return Network(layers, arch="fc")
-
-
-def _conv4(
-    in_shape: tuple[int, int, int], num_classes: int, filters: int, running_stats: bool, arch: str
-) -> Network:
-    channels, height, width = in_shape
-    maxpool = arch == "conv4-maxpool"
-    layers: OrderedDict[str, nn.Module] = OrderedDict()
-    for i in range(1, 5):
-        stride = 1 if maxpool else 2
-        layers[f"conv{i}"] = nn.Conv2d(channels, filters, 3, stride=stride, padding=1)
-        layers[f"bn{i}"] = BatchNorm2d(filters, track_running_stats=running_stats)
-        layers[f"relu{i}"] = ReLU()
-        channels = filters
-        if maxpool:
-            layers[f"pool{i}"] = MaxPool2d(2)
-            height, width = height // 2, width // 2
-        else:
-            height, width = (height + 1) // 2, (width + 1) // 2
-    if maxpool:
-        if height < 1 or width < 1:
-            raise ConfigError(
-                f"conv4-maxpool needs images of at least 16x16 (four 2x2 max-pools); got "
-                f"{in_shape[1]}x{in_shape[2]}. Use arch 'conv4' or a larger image_size."
-            )
-        layers["flatten"] = nn.Flatten()
-        features = filters * height * width
-    else:
-        layers["pool"] = SpatialMean()
-        features = filters
-    layers["head"] = nn.Linear(features, num_classes)
-    return Network(layers, arch=arch)
-
-
-def build_model(
-    arch: str,
-    in_shape: tuple[int, int, int],
-    num_classes: int,
-    *,
-    hidden: list[int] | None = None,
-    filters: int | None = None,
-    running_stats: bool = False,
-) -> Network:
-    """Build a network; same ``torch.manual_seed`` gives the same weights (PyTorch default init).
-
-    * ``fc``: flatten, then per hidden width ``Linear -> BatchNorm1d -> ReLU``
-      (default widths ``[256, 128, 64, 64]``), then ``head``. Layers ``fc1, bn1, relu1, ...``.
-    * ``conv4`` (Finn et al. 2017, Omniglot): 4 x ``[3x3 conv, stride 2, padding 1 ->
-      BatchNorm2d -> ReLU]`` with ``filters`` (default 64) channels, mean over space
-      (``pool``), ``head``. Layers ``conv1, bn1, relu1, ..., conv4, bn4, relu4, pool, head``.
-    * ``conv4-maxpool`` (Finn et al., MiniImagenet): 4 x ``[3x3 conv, stride 1, padding 1 ->
-      BatchNorm2d -> ReLU -> 2x2 max-pool]`` with ``filters`` (default 32), ``flatten``,
-      ``head``. Layers ``conv1, bn1, relu1, pool1, ..., pool4, flatten, head``.
-
-    ``running_stats=True`` makes BatchNorm track running statistics (the baseline);
-    MAML models use ``False`` (batch statistics always; see the module docstring).
-    ``hidden`` is ignored by the conv archs and ``filters`` by ``fc``.
-    """
-    if arch not in ARCHS:
-        raise ConfigError(f"arch must be one of {list(ARCHS)}, got {arch!r}")
-    if len(in_shape) != 3:
-        raise ConfigError(f"in_shape must be (channels, height, width), got {in_shape!r}")
-    for key, value in zip(("channels", "height", "width"), in_shape, strict=True):
-        _positive_int(value, f"in_shape {key}")
-    _positive_int(num_classes, "num_classes")
-    if arch == "fc":  # filters is ignored: configs carry both keys, each for its archs
-        widths = FC_HIDDEN_DEFAULT if hidden is None else list(hidden)
-        if not widths:
-            raise ConfigError("hidden must list at least one width for arch 'fc'")
-        for w in widths:
-            _positive_int(w, "hidden width")
-        c, h, w = in_shape
-        return _fc(c * h * w, num_classes, widths, running_stats)
-    n_filters = FILTERS_DEFAULT[arch] if filters is None else _positive_int(filters, "filters")
-    return _conv4(tuple(in_shape), num_classes, n_filters, running_stats, arch)  # hidden ignored
