@@ -1,7 +1,15 @@
 # Feature studies: a probe set per dataset and seed, every layer's activations of every
 # trained model, the seed's figures per model and side by side, CKA, head-only adaptation.
 
-FEATURE_FIGURES = ["filters", "tsne", "pca", "extremes", "saliency", "maximise", "curves"]
+import os
+
+from mamlscope.features.studies import caption_file, study_keys
+
+# The figure studies, one module each (mamlscope.features.studies) or a plug-in's entry
+# point: each is drawn per model and side by side with no edit here. A study without its
+# own report/captions/features/{key}.rst gets the generic caption.
+FEATURE_FIGURES = study_keys()
+FEATURE_CAPTIONS = os.path.join(workflow.basedir, "report", "captions", "features")
 
 
 rule choose_probe:
@@ -88,7 +96,7 @@ rule compare_methods:
         **{
             name: report(
                 f"results/{{dataset}}/compare/seed{{seed}}/{name}.png",
-                caption=f"../report/captions/features/{name}.rst",
+                caption=f"../report/captions/features/{caption_file(name, FEATURE_CAPTIONS)}",
                 category="Feature studies",
                 subcategory="{dataset} seed {seed}",
             )

@@ -1,6 +1,7 @@
-"""Rule compare_methods: each figure of every method side by side."""
+"""Rule compare_methods: each figure study of every method side by side."""
 
-from mamlscope.features.plots import FIGURES, compare_methods, figures_by_method
+from mamlscope.features.plots import compare_methods, figures_by_method
+from mamlscope.features.studies import study_keys
 from mamlscope.logs import logged
 from mamlscope.runtime import set_threads
 
@@ -10,6 +11,6 @@ with logged(sm.log[0]):
     set_threads(sm.threads)  # the rule's threads: for any numeric library it loads
     compare_methods(
         figures_by_method(list(sm.input)),
-        {name: getattr(sm.output, name) for name in FIGURES},
+        {key: getattr(sm.output, key) for key in study_keys()},
         title=f"{w.dataset} · seed {w.seed}",
     )

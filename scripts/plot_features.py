@@ -1,6 +1,7 @@
-"""Rule plot_features: the seed's figures of one trained model."""
+"""Rule plot_features: the seed's figure studies of one trained model."""
 
-from mamlscope.features.plots import FIGURES, plot_model_features
+from mamlscope.features.plots import plot_model_features
+from mamlscope.features.studies import study_keys
 from mamlscope.logs import logged
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
@@ -16,6 +17,6 @@ with logged(sm.log[0]):
         metrics=sm.input.metrics,
         features=sm.params.features,
         title=f"{w.dataset} · {w.method} · seed {w.seed}",
-        out={name: getattr(sm.output, name) for name in FIGURES},
+        out={key: getattr(sm.output, key) for key in study_keys()},
         threads=sm.threads,
     )

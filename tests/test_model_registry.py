@@ -176,7 +176,8 @@ def test_a_plugged_network_trains_evaluates_and_is_studied(plugin, tiny_digits, 
     """The jobs of the pipeline, on the plug-in's network, without editing mamlscope."""
     from mamlscope.evaluate import EvalSettings, run_evaluation
     from mamlscope.features.extract import extract_activations, write_probe
-    from mamlscope.features.plots import FIGURES, plot_model_features
+    from mamlscope.features.plots import plot_model_features
+    from mamlscope.features.studies import study_keys
     from mamlscope.train import run_training
 
     cfg = copy.deepcopy(tiny_digits["cfg"])
@@ -226,7 +227,7 @@ def test_a_plugged_network_trains_evaluates_and_is_studied(plugin, tiny_digits, 
         assert list(dict.fromkeys(frame["layer"])) == layers
         probe_rows = frame[(frame["episode"] == -1) & (frame["layer"] == "pool")]
         assert len(probe_rows) == len(probe) and np.stack(probe_rows["values"]).shape[1] == 4
-        pngs = {name: out / f"{name}.png" for name in FIGURES}
+        pngs = {name: out / f"{name}.png" for name in study_keys()}
         plot_model_features(
             checkpoint=out / "model.pt",
             **files,

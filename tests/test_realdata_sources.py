@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from source_checks import check_declared_counts
 
 from mamlscope.data.prepared import PreparedDataset, prepare_dataset
 from mamlscope.data.sources import read_source
@@ -42,6 +43,7 @@ def test_omniglot_small1(shared_data: Path) -> None:
     assert set(raw.origins) == {"images_background_small1"}
     # Strokes are black on white: the background dominates until `invert` is set.
     assert raw.images.mean() > 200
+    check_declared_counts(omniglot(shared_data, "images_background_small1"), raw)
 
 
 def test_omniglot_small2_and_prepare_with_rotations(shared_data: Path, tmp_path: Path) -> None:
@@ -74,6 +76,7 @@ def test_mnist_official_test_set(shared_data: Path) -> None:
     counts = Counter(raw.class_names)
     assert [counts[str(d)] for d in range(10)] == MNIST_TEST_COUNTS
     assert set(raw.origins) == {"test"}
+    check_declared_counts(cfg, raw)
 
 
 def test_mnist5k_with_official_test_images(shared_data: Path) -> None:
@@ -82,6 +85,7 @@ def test_mnist5k_with_official_test_images(shared_data: Path) -> None:
     assert Counter(raw.origins) == {"train": 5_000, "test": 10_000}
     test = Counter(c for c, o in zip(raw.class_names, raw.origins, strict=True) if o == "test")
     assert [test[str(d)] for d in range(10)] == MNIST_TEST_COUNTS
+    check_declared_counts(cfg, raw)
 
 
 def test_cifar10_jpeg_tarball(shared_data: Path) -> None:
@@ -93,3 +97,4 @@ def test_cifar10_jpeg_tarball(shared_data: Path) -> None:
     assert Counter(raw.class_names) == {c: 6_000 for c in CIFAR_CLASSES}
     assert Counter(raw.origins) == {"train": 50_000, "test": 10_000}
     assert 100 < raw.images.mean() < 140  # real photos, not blank decodes
+    check_declared_counts(cfg, raw)

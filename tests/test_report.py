@@ -229,13 +229,30 @@ def test_head_only_table_combines_seeds(tmp_path: Path):
     assert maml["episodes"] == 200
 
 
-def test_expected_study_files_cover_every_path_the_report_reads():
-    files = studies.expected_study_files("results", ["d"], ["maml"], ["0"])
-    assert "results/d/compare/seed0/tsne.png" in files["compare"]
-    assert "results/d/compare/seed0/cka.parquet" in files["compare"]
-    assert "results/d/compare/seed0/cka_adaptation.png" in files["compare"]
-    assert "results/d/maml/seed0/figures/saliency.png" in files["model"]
-    assert files["summary"] == ["results/head_only.parquet"]
+def test_the_report_takes_the_studies_titles_and_captions_from_the_registry(tree, monkeypatch):
+    from mamlscope.features.studies import studies as registered
+    from mamlscope.features.studies import study
+    from mamlscope.report import show
+
+    for key in ("tsne", studies.CURVES):
+        path = studies.compare_figure(tree.root, "mnist5k", 0, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(key.encode())
+    shown: list = []
+    monkeypatch.setattr(show, "markdown", shown.append)
+    monkeypatch.setattr(show, "figure", lambda fig, alt, caption="": None)
+    monkeypatch.setattr(show, "png", lambda path, alt, caption="": shown.append((path, caption)))
+    show.feature_studies(tree)
+    headings = [s for s in shown if isinstance(s, str) and s.startswith("### ")]
+    expected = [s for s in registered() if s.key != studies.CURVES]  # curves: training section
+    assert headings == [f"### {s.title}\n\n{s.caption}" for s in expected]
+    assert [s.key for s in studies.figure_studies()] == [s.key for s in expected]
+    tsne = studies.compare_figure(tree.root, "mnist5k", 0, "tsne")
+    assert [p for p, _ in (s for s in shown if isinstance(s, tuple))] == [tsne]
+    shown.clear()
+    show.curves(tree)
+    curves = studies.compare_figure(tree.root, "mnist5k", 0, studies.CURVES)
+    assert shown == [(curves, study(studies.CURVES).caption)]
 
 
 def test_training_curves_have_a_column_per_method(tree):

@@ -196,7 +196,7 @@ def test_the_feature_studies_of_every_model_are_produced(tiny_pipeline: Path):
     from PIL import Image
 
     from mamlscope.features.activations import read_activations
-    from mamlscope.features.plots import FIGURES
+    from mamlscope.features.studies import study_keys
 
     results = tiny_pipeline / "results" / "digits8"
     probe = pd.read_parquet(results / "split/seed0/probe.parquet")
@@ -209,11 +209,11 @@ def test_the_feature_studies_of_every_model_are_produced(tiny_pipeline: Path):
         assert set(probe_rows["example_id"]) == set(probe["example_id"])  # the same probe
         assert set(frame["episode"]) == {-1, 0, 1}  # the probe and 2 adapted episodes
         assert set(frame.loc[frame["episode"] >= 0, "stage"]) == {"meta", "adapted"}
-        for name in FIGURES:
+        for name in study_keys():
             with Image.open(model / "figures" / f"{name}.png") as image:
                 assert image.width > 200 and image.height > 100
     compare = results / "compare" / "seed0"
-    for name in (*FIGURES, "cka_methods", "cka_adaptation"):
+    for name in (*study_keys(), "cka_methods", "cka_adaptation"):
         with Image.open(compare / f"{name}.png") as image:
             assert image.width > 300, name
     cka = pd.read_parquet(compare / "cka.parquet")

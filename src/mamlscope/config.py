@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import numpy as np
 import yaml
 
-from mamlscope.data.facts import KNOWN_CLASSES, known_sizes
+from mamlscope.data.facts import known_classes, known_sizes
 from mamlscope.data.pools import POOLS, example_pool_sizes
+from mamlscope.data.readers import check_source_config
 from mamlscope.errors import ConfigError
 
 # Sections a dataset may override over the top-level ones.
@@ -27,19 +29,22 @@ OVERRIDABLE = ("model", "baseline", "maml")
 
 def load_schema() -> dict[str, Any]:
     """The config schema shipped with the package, with the names that registries decide
-    filled in: `methods` from the method table, `model.arch` from the networks."""
+    filled in: `methods` from the method table, `model.arch` from the networks, a
+    dataset's `source` from the sources."""
     text = resources.files("mamlscope").joinpath("schema.yaml").read_text()
     schema = yaml.safe_load(text)
+    from mamlscope.data.readers import source_names
     from mamlscope.methods import method_names
     from mamlscope.models import model_names, options_rules
 
     schema["properties"]["methods"]["items"]["enum"] = list(method_names())
     schema["$defs"]["model"]["properties"]["arch"]["enum"] = list(model_names())
     schema["$defs"]["model"]["allOf"] = options_rules()  # each arch's own options
+    schema["$defs"]["dataset"]["properties"]["source"]["enum"] = list(source_names())
     return schema
 
 
-def _with_defaults(validator_class: type) -> type:
+def _with_defaults(validator_class: Any) -> Any:
     """A validator that also writes each property's `default` into the instance.
 
     This is the recipe from the jsonschema FAQ: defaults are set before the properties
@@ -47,7 +52,7 @@ def _with_defaults(validator_class: type) -> type:
     """
     validate_properties = validator_class.VALIDATORS["properties"]
 
-    def set_defaults(validator, properties, instance, schema):  # type: ignore[no-untyped-def]
+    def set_defaults(validator: Any, properties: Any, instance: Any, schema: Any) -> Any:
         if isinstance(instance, dict):
             for name, sub in properties.items():
                 if "default" in sub and name not in instance:
@@ -160,23 +165,7 @@ def check_normalize(stats: Mapping[str, Sized], channels: int, where: str = "") 
 
 def _check_dataset(name: str, ds: dict[str, Any], data_root: Path, check_paths: bool) -> None:
     where = f"datasets.{name}"
-    source = ds["source"]
-    if source == "imagefolder" and not ds.get("path"):
-        raise ConfigError(
-            f"{where}.path: required for source 'imagefolder' (a folder of class folders)"
-        )
-    for key, only in (("path", "imagefolder"), ("test_images", "mnist5k")):
-        if ds.get(key) and source != only:
-            raise ConfigError(f"{where}.{key}: only used by source '{only}', not '{source}'")
-    if check_paths:
-        for key in ("path", "test_images"):
-            if ds.get(key) and not Path(os.path.expanduser(ds[key])).exists():
-                raise ConfigError(f"{where}.{key}: path does not exist: {ds[key]}")
-        if ds.get("root") and not ds["download"] and not Path(ds["root"]).exists():
-            raise ConfigError(
-                f"{where}.root: path does not exist: {ds['root']} "
-                "(download is false, so the files must already be there)"
-            )
+    check_source_config(ds, where, check_paths)  # the source's own keys and checks
     check_normalize(ds["normalize"], ds["channels"], f"{where}.")
     _check_split(where, ds)
     _check_episodes_fit(where, ds)
@@ -197,7 +186,7 @@ def _check_split(where: str, ds: dict[str, Any]) -> None:
                 )
         if split["test_origin"]:
             raise ConfigError(f"{where}.split.test_origin: only used by protocol 'examples'")
-        known = KNOWN_CLASSES[ds["source"]]
+        known = known_classes(ds["source"])
         wanted = int(split["train"]) + int(split["val"])
         if known is not None and wanted >= known:
             raise ConfigError(
@@ -223,14 +212,15 @@ def _check_split(where: str, ds: dict[str, Any]) -> None:
 def _check_episodes_fit(where: str, ds: dict[str, Any]) -> None:
     """``way`` and ``shot + query`` against the pools the split job will make.
 
-    Uses the class and example counts known from the config and the source; where one is
-    unknown (imagefolder, Omniglot's class count, a test_origin without known counts) its
-    check is left to the split job, which checks the real pools.
+    Uses the class and example counts known from the config and the source (its
+    `SourceEntry`); where one is unknown (imagefolder, Omniglot's class count, a
+    test_origin without known counts) its check is left to the split job, which checks
+    the real pools.
     """
     split, source = ds["split"], ds["source"]
     way, shot, query = (ds["episodes"][k] for k in ("way", "shot", "query"))
     rot = 4 if ds["rotations"] else 1
-    known = KNOWN_CLASSES[source]
+    known = known_classes(source)
     sizes = known_sizes(ds)
     fix_way = f"lower {where}.episodes.way or give the pool more classes"
     fix_need = f"lower {where}.episodes.shot or {where}.episodes.query"
@@ -246,7 +236,7 @@ def _check_episodes_fit(where: str, ds: dict[str, Any]) -> None:
                         f"{' x 4 rotations' if rot > 1 else ''}); {fix_way} "
                         f"({where}.split.train, {where}.split.val)"
                     )
-        total = sum(sizes.values()) if sizes else None
+        total = np.sum(list(sizes.values()), axis=0) if sizes else None
         if total is not None and shot + query > total.min():
             raise ConfigError(
                 f"{need} examples per class are needed, but source '{source}' has only "
@@ -255,10 +245,10 @@ def _check_episodes_fit(where: str, ds: dict[str, Any]) -> None:
         return
     origin = split["test_origin"]
     others = [n for o, n in (sizes or {}).items() if o != origin]
-    if not others or (origin and origin not in sizes):
+    if not sizes or not others or (origin and origin not in sizes):
         return  # unknown counts, or the split job reports the origins there are
     test = sizes[origin] if origin else None
-    table = example_pool_sizes(sum(others), split["train"], split["val"], test)
+    table = example_pool_sizes(np.sum(others, axis=0), split["train"], split["val"], test)
     for k, pool in enumerate(POOLS):
         counts = table[:, k][table[:, k] > 0]
         if pool == "val" and counts.size == 0:

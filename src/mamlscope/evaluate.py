@@ -22,17 +22,18 @@ import torch
 from torch import nn
 
 from mamlscope import __version__
-from mamlscope.checkpoint import Checkpoint, load_checkpoint
+from mamlscope.checkpoint import Checkpoint
 from mamlscope.config import evaluate_section
+from mamlscope.data.lookup import class_labels, pool_classes, pool_ids
 from mamlscope.data.prepared import PreparedDataset
-from mamlscope.data.tasks import images_to_tensor, iterate_episodes
+from mamlscope.data.tasks import iterate_episodes
 from mamlscope.errors import ConfigError
 from mamlscope.finetune import Batch, evaluate_finetune, plain_accuracy
 from mamlscope.io import atomic_path
 from mamlscope.maml import adapt_and_predict
 from mamlscope.methods import method as lookup_method
 from mamlscope.methods.base import LEGACY_DEFAULTS
-from mamlscope.runtime import resolve_device, set_threads
+from mamlscope.model_job import open_model_job
 
 log = logging.getLogger("mamlscope")
 
@@ -132,23 +133,33 @@ def evaluate_checkpoint_on(
         )
     method = lookup_method(checkpoint.method)
     if method.evaluation == "finetune":
+        steps, lr = settings.finetune()
         return evaluate_finetune(
             checkpoint.model,
             batches,
             way=settings.way,
-            steps=settings.finetune_steps,
-            lr=settings.finetune_lr,
+            steps=steps,
+            lr=lr,
             finetune_all=settings.finetune_all,
             seed=checkpoint.seed,
             episode_ids=episode_ids,
         )
+    inner_lr, inner_steps = settings.inner_loop()
     return evaluate_maml(
         checkpoint.model,
         batches,
-        inner_lr=settings.inner_lr,
-        inner_steps=settings.inner_steps,
+        inner_lr=inner_lr,
+        inner_steps=inner_steps,
         batchnorm=settings.batchnorm,
         adapted=method.adapted(checkpoint.model),
+    )
+
+
+def _unset(settings: EvalSettings, keys: str) -> ConfigError:
+    """The error for settings that lack what their method's evaluation needs."""
+    return ConfigError(
+        f"evaluation settings for '{settings.method}' leave {keys} unset; "
+        f"build them with EvalSettings.from_config(cfg, '{settings.method}')"
     )
 
 
@@ -187,6 +198,19 @@ class EvalSettings:
     inner_lr: float | None = None  # maml.inner_lr
     inner_steps: int | None = None  # maml.test_inner_steps
     batchnorm: str = "transductive"  # maml.eval_batchnorm
+
+    def inner_loop(self) -> tuple[float, int]:
+        """``(inner_lr, inner_steps)`` of an inner-loop evaluation; a ConfigError if unset."""
+        if self.inner_lr is None or self.inner_steps is None:
+            raise _unset(self, "inner_lr and inner_steps")
+        return self.inner_lr, self.inner_steps
+
+    def finetune(self) -> tuple[int, float]:
+        """``(finetune_steps, finetune_lr)`` of a fine-tuning evaluation; a ConfigError if
+        unset."""
+        if self.finetune_steps is None or self.finetune_lr is None:
+            raise _unset(self, "finetune_steps and finetune_lr")
+        return self.finetune_steps, self.finetune_lr
 
     @property
     def batchnorm_used(self) -> str:
@@ -266,18 +290,17 @@ def run_evaluation(
     The JSON holds the row, the per-episode accuracies, the checkpoint's training config
     (`config`) and the settings this evaluation used (`evaluation`).
     """
-    set_threads(threads)
-    torch_device = resolve_device(device)
     start = time.perf_counter()
-    ckpt = load_checkpoint(checkpoint, torch_device)
-    data = PreparedDataset.from_files(images, index, meta)
+    job = open_model_job(
+        checkpoint=checkpoint, images=images, index=index, meta=meta, device=device, threads=threads
+    )
+    ckpt, data, torch_device = job.checkpoint, job.data, job.device
     episodes = pd.read_parquet(test_episodes)
-    tensor = images_to_tensor(data.images, torch_device)
-    batches = settings.batches(tensor, episodes, data)
-    episode_ids = np.unique(episodes["episode"].to_numpy(np.int64))  # ascending, as batched
+    batches = job.episodes(episodes, settings)
+    episode_ids = np.unique(episodes["episode"].to_numpy(np.int64)).tolist()  # sorted, as batched
     per_episode = evaluate_checkpoint_on(ckpt, batches, settings, episode_ids=episode_ids)
     accuracy = summarize(per_episode)
-    plain = _plain_test_accuracy(ckpt, data, pd.read_parquet(pools), tensor, torch_device)
+    plain = _plain_test_accuracy(ckpt, data, pd.read_parquet(pools), job.pixels, torch_device)
     row: dict[str, Any] = {
         "dataset": dataset,
         "method": ckpt.method,
@@ -320,16 +343,12 @@ def _plain_test_accuracy(
     """
     if not lookup_method(ckpt.method).plain_accuracy:
         return float("nan")
-    index = data.index.set_index("example_id")
-    train_classes = np.sort(
-        index.loc[pools.loc[pools["pool"] == "train", "example_id"], "class_id"].unique()
-    )
-    test_ids = pools.loc[pools["pool"] == "test", "example_id"].to_numpy()
-    test_ids = test_ids[np.isin(index.loc[test_ids, "class_id"].to_numpy(), train_classes)]
+    train_classes = pool_classes(data.index, pools, "train")
+    test_ids = pool_ids(pools, "test")
+    by_id = data.index.set_index("example_id")
+    test_ids = test_ids[np.isin(by_id.loc[test_ids, "class_id"].to_numpy(), train_classes)]
     if test_ids.size == 0 or len(train_classes) != ckpt.spec.num_classes:
         return float("nan")
-    remap = np.full(int(index["class_id"].max()) + 1, -1)
-    remap[train_classes] = np.arange(len(train_classes))
-    labels = torch.as_tensor(remap[index["class_id"].to_numpy()], device=device)
+    labels = torch.as_tensor(class_labels(data.index, train_classes), device=device)
     mean, std = data.normalize
     return plain_accuracy(ckpt.model, images, labels, test_ids, mean, std, device)[1]

@@ -148,10 +148,16 @@ def _finetune_all(
 ) -> np.ndarray:
     """Per episode, fine-tune every layer of a copy, from the batched path's fresh head."""
     support_x, support_y, query_x, query_y = batch
+    pretrained_head = model.head
+    if not isinstance(pretrained_head, nn.Linear):
+        raise TypeError(
+            f"{type(model).__name__}.head is a {type(pretrained_head).__name__}, not the "
+            "nn.Linear every network has; build the model with mamlscope.models.build_model"
+        )
     out = []
     for e, number in enumerate(numbers):
         local = copy.deepcopy(model)
-        head = nn.utils.skip_init(nn.Linear, local.head.in_features, way)  # no global RNG
+        head = nn.utils.skip_init(nn.Linear, pretrained_head.in_features, way)  # no global RNG
         with torch.no_grad():
             head.weight.copy_(_fresh_head(seed, number, way, head.in_features))
             head.bias.zero_()

@@ -74,7 +74,7 @@ def remove_stale_temporaries(target: str | os.PathLike[str]) -> list[Path]:
     """
     target = Path(target)
     pattern = re.compile(rf"\.{re.escape(target.name)}\.[a-z0-9_]{{8}}(?:{re.escape(_SUFFIX)})?")
-    removed = []
+    removed: list[Path] = []
     if not target.parent.is_dir():
         return removed
     for entry in target.parent.iterdir():

@@ -105,6 +105,22 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _why_unfit(payload: Any, key: str) -> str | None:
+    """Why a loaded resume state does not fit a run with ``key`` (None: it fits)."""
+    if not isinstance(payload, dict) or payload.get("format") != RESUME_FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload)
+        return f"its format is {found!r}, not {RESUME_FORMAT!r}"
+    missing = [entry for entry in _RESUME_ENTRIES if entry not in payload]
+    if missing or payload["complete"] is not True:
+        return f"it is incomplete (missing {missing or ['complete']})"
+    if payload["key"] != key:
+        return (
+            "it was written under other training params, inputs or code "
+            "(its key differs from this run's)"
+        )
+    return None
+
+
 class Resume:
     """Writes a run's resume state when due and reads it back when it fits.
 
@@ -143,24 +159,14 @@ class Resume:
         try:
             payload = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as exc:  # truncated, empty, foreign: torch raises several types
-            return self._ignore(f"it does not load ({type(exc).__name__}: {exc})")
-        if not isinstance(payload, dict) or payload.get("format") != RESUME_FORMAT:
-            found = payload.get("format") if isinstance(payload, dict) else type(payload)
-            return self._ignore(f"its format is {found!r}, not {RESUME_FORMAT!r}")
-        missing = [key for key in _RESUME_ENTRIES if key not in payload]
-        if missing or payload["complete"] is not True:
-            return self._ignore(f"it is incomplete (missing {missing or ['complete']})")
-        if payload["key"] != self.key:
-            return self._ignore(
-                "it was written under other training params, inputs or code "
-                "(its key differs from this run's)"
-            )
+            why: str | None = f"it does not load ({type(exc).__name__}: {exc})"
+        else:
+            why = _why_unfit(payload, self.key)
+        if why is not None:
+            log.warning("resume state %s not used, training starts over: %s", self.path, why)
+            return None
         self.last_step = int(payload["step"])
         return payload
-
-    def _ignore(self, why: str) -> None:
-        log.warning("resume state %s not used, training starts over: %s", self.path, why)
-        return None
 
     def due(self, step: int, total: int) -> bool:
         """Whether to write now, after `step` of `total` (never after the last: the final
@@ -177,8 +183,8 @@ class Resume:
 
     def save(self, step: int, state: dict[str, Any]) -> None:
         assert self.path is not None
-        payload = {"format": RESUME_FORMAT, "version": __version__, "key": self.key}
-        payload |= {"step": step, **state, "rng": _rng_state(), "complete": True}
+        payload: dict[str, Any] = {"format": RESUME_FORMAT, "version": __version__}
+        payload |= {"key": self.key, "step": step, **state, "rng": _rng_state(), "complete": True}
         with atomic_path(self.path) as tmp:
             torch.save(payload, tmp)
         self.last_step, self.last_time = step, time.monotonic()

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from mamlscope.checkpoint import ModelSpec, save_checkpoint
+from mamlscope.data.lookup import class_labels, pool_classes, pool_ids
 from mamlscope.data.prepared import PreparedDataset
 from mamlscope.data.tasks import TaskSampler, configured_episodes, images_to_tensor, normalize_batch
 from mamlscope.errors import ConfigError
@@ -96,9 +97,9 @@ def train_baseline(
     cfg = ds_cfg["baseline"]
     seed_everything(seed)
     index = data.index.set_index("example_id")
-    train_ids = pools.loc[pools["pool"] == "train", "example_id"].to_numpy()
-    classes = np.sort(index.loc[train_ids, "class_id"].unique())
-    val_ids = pools.loc[pools["pool"] == "val", "example_id"].to_numpy()
+    train_ids = pool_ids(pools, "train")
+    classes = pool_classes(data.index, pools, "train")
+    val_ids = pool_ids(pools, "val")
     val_ids = val_ids[np.isin(index.loc[val_ids, "class_id"].to_numpy(), classes)]
     if val_ids.size == 0:
         # Disjoint classes (protocol `classes`): hold out 10% of the train images instead.
@@ -109,9 +110,7 @@ def train_baseline(
     mean, std = data.normalize
     images = images_to_tensor(data.images, device)
     # Classes outside the train pool (protocol `classes`) get -1; they are never batched.
-    lookup = np.full(int(index["class_id"].max()) + 1, -1, dtype=np.int64)
-    lookup[classes] = np.arange(len(classes))
-    labels = torch.as_tensor(lookup[index["class_id"].to_numpy()], device=device)
+    labels = torch.as_tensor(class_labels(data.index, classes), device=device)
 
     spec = _model_spec(ds_cfg, tuple(data.images.shape[1:]), len(classes), running_stats=True)
     model = spec.build().to(device)
@@ -230,7 +229,7 @@ def train_maml(
     seed_everything(seed)
     mean, std = data.normalize
     images = images_to_tensor(data.images, device)
-    train_ids = pools.loc[pools["pool"] == "train", "example_id"].to_numpy()
+    train_ids = pool_ids(pools, "train")
     sampler = TaskSampler(
         images,
         data.index,
@@ -369,7 +368,8 @@ def run_training(
     pool_table = pd.read_parquet(pools)
     log.info("training %s on %s (seed %d, device %s)", method, images, seed, torch_device)
     cfg = dict(config)
-    inputs = [images, index, meta, pools] + ([val_episodes] if declared.is_meta else [])
+    validation = [val_episodes] if declared.is_meta and val_episodes is not None else []
+    inputs = [images, index, meta, pools, *validation]
     state = Resume()
     if resume:
         state = Resume(

@@ -1,4 +1,4 @@
-"""Low-level readers behind `mamlscope.data.sources`: checksums, IDX files, archives, images.
+"""Low-level readers behind the sources: checksums, IDX files, archives, images.
 
 Kept apart from the per-source logic so each piece can be tested on tiny files and so every
 failure is turned into a `DataError` that names the file, never a bare traceback.
@@ -68,8 +68,8 @@ def _mismatch(what: str, expected: str, actual: str, source: str) -> DataError:
 
 def verify_file(path: Path, checksums: Mapping[str, str]) -> None:
     """Check a stored file against the known md5 for its name and the configured `checksums`."""
-    expected = [(KNOWN_MD5.get(path.name), "known md5"), (checksums.get(path.name), "`checksums`")]
-    expected = [(md5, src) for md5, src in expected if md5]
+    given = [(KNOWN_MD5.get(path.name), "known md5"), (checksums.get(path.name), "`checksums`")]
+    expected = [(md5, src) for md5, src in given if md5]
     if not expected:
         return
     actual = md5sum(path)
@@ -125,8 +125,10 @@ def find_idx(folders: list[Path], prefix: str) -> tuple[Path, Path] | None:
         pair = []
         for stem in (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"):
             hits = [folder / n for n in (stem, f"{stem}.gz") if (folder / n).is_file()]
-            pair.append(hits[0] if hits else None)
-        if all(pair):
+            if not hits:
+                break
+            pair.append(hits[0])
+        else:
             return pair[0], pair[1]
     return None
 
@@ -258,7 +260,7 @@ def to_array(image: Image.Image, size: int, channels: int) -> np.ndarray:
         image = image.convert("L") if image.mode in ("1", "I", "I;16", "F") else image
         image = image.convert(mode)
     if image.size != (size, size):  # LANCZOS both ways, as mamlscope.data.episode_table does
-        image = image.resize((size, size), Image.LANCZOS)
+        image = image.resize((size, size), Image.Resampling.LANCZOS)
     arr = np.asarray(image, dtype=np.uint8)
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 

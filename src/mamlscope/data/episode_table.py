@@ -188,10 +188,10 @@ def _shape(shape: tuple[int, int, int]) -> str:
 def load_image(path: str, *, size: int, channels: int, invert: bool) -> np.ndarray:
     """One image file as uint8 [C, size, size], prepared as the training images were."""
     try:
-        with Image.open(path) as img:
-            img = img.convert("L" if channels == 1 else "RGB")
+        with Image.open(path) as opened:
+            img = opened.convert("L" if channels == 1 else "RGB")
             if img.size != (size, size):
-                img = img.resize((size, size), Image.LANCZOS)
+                img = img.resize((size, size), Image.Resampling.LANCZOS)
             array = np.asarray(img, dtype=np.uint8)
     except (OSError, UnidentifiedImageError) as exc:
         raise DataError(f"cannot read image {path}: {exc}") from exc
@@ -201,7 +201,7 @@ def load_image(path: str, *, size: int, channels: int, invert: bool) -> np.ndarr
 
 def episode_batches(
     table: pd.DataFrame, ds_cfg: dict[str, Any], *, batch_size: int, device: torch.device
-) -> Iterator[tuple[torch.Tensor, ...]]:
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Yield (support_x, support_y, query_x, query_y) over up to batch_size episodes.
 
     Episodes come in ascending episode order, so the i-th episode yielded is the i-th
@@ -221,7 +221,7 @@ def episode_batches(
 
 def _batches(
     groups: list[pd.DataFrame], ds_cfg: dict[str, Any], batch_size: int, device: torch.device
-) -> Iterator[tuple[torch.Tensor, ...]]:
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
     mean, std = ds_cfg["normalize"]["mean"], ds_cfg["normalize"]["std"]
     for start in range(0, len(groups), batch_size):
         chunk = groups[start : start + batch_size]
@@ -251,4 +251,5 @@ def _batches(
                 device=device,
             )
             out += [x, y]
-        yield tuple(out)
+        support_x, support_y, query_x, query_y = out
+        yield support_x, support_y, query_x, query_y

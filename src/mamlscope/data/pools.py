@@ -56,7 +56,8 @@ def _value(split_cfg: Mapping[str, Any], key: str) -> Any:
 def _count(split_cfg: Mapping[str, Any], key: str) -> int:
     """A class count from the config: a whole number (``20.0`` is accepted as 20)."""
     value = _value(split_cfg, key)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != int(value):
+    number = isinstance(value, int | float | np.integer | np.floating)
+    if isinstance(value, bool) or not number or value != int(value):
         raise ConfigError(
             f"split.{key}: protocol 'classes' counts base classes; got {value!r}, "
             "expected a whole number"

@@ -7,6 +7,7 @@ every later job memory-maps the result with `PreparedDataset.load`, which takes 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,7 +130,12 @@ class PreparedDataset:
         return cls.from_files(folder / IMAGES, folder / INDEX, folder / META)
 
     @classmethod
-    def from_files(cls, images: str | Path, index: str | Path, meta: str | Path) -> PreparedDataset:
+    def from_files(
+        cls,
+        images: str | os.PathLike[str],
+        index: str | os.PathLike[str],
+        meta: str | os.PathLike[str],
+    ) -> PreparedDataset:
         """Open the three prepared files without reading the images into memory; check
         they fit together. Errors name the folder of the images file."""
         paths = {IMAGES: Path(images), INDEX: Path(index), META: Path(meta)}
@@ -140,34 +146,34 @@ class PreparedDataset:
                 f"{folder}: not a prepared dataset, missing {missing}; prepare it again"
             )
         try:
-            images = np.load(paths[IMAGES], mmap_mode="r", allow_pickle=False)
-            index = pd.read_parquet(paths[INDEX])
-            meta = json.loads(paths[META].read_text())
+            pixels = np.load(paths[IMAGES], mmap_mode="r", allow_pickle=False)
+            table = pd.read_parquet(paths[INDEX])
+            described = json.loads(paths[META].read_text())
         except (OSError, ValueError, EOFError) as exc:
             raise DataError(
                 f"{folder}: corrupt prepared dataset ({exc}); prepare it again"
             ) from exc
         problems = []
-        if images.ndim != 4 or images.dtype != np.uint8:
-            problems.append(f"{IMAGES} is {images.dtype} {images.shape}, not uint8 [N, C, H, W]")
-        if list(index.columns) == COLUMNS[:-1]:  # written before source_id existed
+        if pixels.ndim != 4 or pixels.dtype != np.uint8:
+            problems.append(f"{IMAGES} is {pixels.dtype} {pixels.shape}, not uint8 [N, C, H, W]")
+        if list(table.columns) == COLUMNS[:-1]:  # written before source_id existed
             try:
-                index["source_id"] = source_ids(index)
+                table["source_id"] = source_ids(table)
             except DataError as exc:
                 problems.append(f"{INDEX}: {exc}")
-        if list(index.columns) not in (COLUMNS, COLUMNS[:-1]):
-            problems.append(f"{INDEX} has columns {list(index.columns)}, expected {COLUMNS}")
-        elif not np.array_equal(index["example_id"].to_numpy(), np.arange(len(index))):
+        if list(table.columns) not in (COLUMNS, COLUMNS[:-1]):
+            problems.append(f"{INDEX} has columns {list(table.columns)}, expected {COLUMNS}")
+        elif not np.array_equal(table["example_id"].to_numpy(), np.arange(len(table))):
             problems.append(f"{INDEX} example_id is not 0..N-1 in order")
         if (
-            not isinstance(meta, dict)
-            or meta.get("num_examples") != len(images)
-            or len(index) != len(images)
+            not isinstance(described, dict)
+            or described.get("num_examples") != len(pixels)
+            or len(table) != len(pixels)
         ):
-            problems.append(f"{len(images)} images, {len(index)} index rows and meta disagree")
+            problems.append(f"{len(pixels)} images, {len(table)} index rows and meta disagree")
         if problems:
             raise DataError(f"{folder}: inconsistent prepared dataset: {'; '.join(problems)}")
-        return cls(images, index, meta)
+        return cls(pixels, table, described)
 
     def __len__(self) -> int:
         return len(self.images)

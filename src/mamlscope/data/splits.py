@@ -172,7 +172,8 @@ def _episode_value(episodes_cfg: Mapping[str, Any], key: str) -> Any:
 
 
 def _episode_keys(episodes_cfg: Mapping[str, Any]) -> tuple[int, int, int]:
-    return tuple(_episode_value(episodes_cfg, k) for k in ("way", "shot", "query"))  # type: ignore[return-value]
+    way, shot, query = (_episode_value(episodes_cfg, k) for k in ("way", "shot", "query"))
+    return way, shot, query
 
 
 def check_episode_budget(

@@ -298,8 +298,10 @@ def iterate_episodes(
     if len(s_ids) and max(int(s_ids.max()), int(q_ids.max())) >= len(tensor):
         raise DataError(f"episode table names example ids beyond the {len(tensor)} stored images")
     scale, shift = _affine(mean, std, tensor.shape[1], tensor.device)
-    on_device = [torch.from_numpy(a).to(tensor.device) for a in (s_ids, s_lab, q_ids, q_lab)]
-    return _batches(tensor, *on_device, scale, shift, batch_size)
+    s_ids_t, s_lab_t, q_ids_t, q_lab_t = (
+        torch.from_numpy(a).to(tensor.device) for a in (s_ids, s_lab, q_ids, q_lab)
+    )
+    return _batches(tensor, s_ids_t, s_lab_t, q_ids_t, q_lab_t, scale, shift, batch_size)
 
 
 def _batches(

@@ -13,6 +13,8 @@ pull in matplotlib or scikit-learn):
 * :mod:`~mamlscope.features.embedding`: 2-D t-SNE and PCA embeddings, deterministic per seed.
 * :mod:`~mamlscope.features.figures`: the figures (first-layer filters, embeddings, extreme
   examples, saliency, training curves, panels side by side), one style, saved atomically.
+* :mod:`~mamlscope.features.studies`: the figure studies drawn for every model, one module
+  each (``STUDY = FigureStudy(...)``), and their registry (plug-ins by entry point).
 
 Layer similarity (linear CKA) lives in :mod:`mamlscope.similarity`.
 """

@@ -27,9 +27,6 @@ import pandas as pd
 import torch
 from torch import nn
 
-from mamlscope.checkpoint import load_checkpoint
-from mamlscope.data.prepared import PreparedDataset
-from mamlscope.data.tasks import images_to_tensor, normalize_batch
 from mamlscope.evaluate import EvalSettings
 from mamlscope.features.activations import (
     activations_frame,
@@ -41,9 +38,8 @@ from mamlscope.features.probe import choose_probe
 from mamlscope.finetune import features_of, fit_heads
 from mamlscope.io import atomic_path
 from mamlscope.maml import adapt
-from mamlscope.methods import method as lookup_method
+from mamlscope.model_job import open_model_job
 from mamlscope.models import statistics_from_first
-from mamlscope.runtime import resolve_device, set_threads
 
 log = logging.getLogger("mamlscope")
 Acts = dict[str, torch.Tensor]
@@ -127,18 +123,12 @@ def extract_activations(
     threads: int | None = None,
 ) -> pd.DataFrame:
     """Write the activations of one trained model (module docstring) to ``out``."""
-    set_threads(threads)
-    torch_device = resolve_device(device)
-    ckpt = load_checkpoint(checkpoint, torch_device)
-    method = lookup_method(ckpt.method)
+    job = open_model_job(
+        checkpoint=checkpoint, images=images, index=index, meta=meta, device=device, threads=threads
+    )
+    ckpt, method, torch_device, batch = job.checkpoint, job.method, job.device, job.images
     # Meta-learned models use batch statistics (the BatchNorm policy), others running ones.
     model, maml = ckpt.model, method.is_meta
-    data = PreparedDataset.from_files(images, index, meta)
-    mean, std = data.normalize
-    pixels = images_to_tensor(data.images, torch_device)
-
-    def batch(ids: np.ndarray) -> torch.Tensor:
-        return normalize_batch(pixels[torch.as_tensor(ids, device=torch_device)], mean, std)
 
     probe_df = pd.read_parquet(probe)
     ids = probe_df["example_id"].to_numpy(np.int64)
@@ -157,9 +147,10 @@ def extract_activations(
         support_y = torch.as_tensor(support["label"].to_numpy(np.int64), device=torch_device)
         ep_ids = rows["example_id"].to_numpy(np.int64)
         labels = rows["label"].to_numpy(np.int64)
-        kw = {"maml": maml, "batchnorm": settings.batchnorm}
-        before = episode_activations(model, support_x, query_x, **kw)
+        mode = settings.batchnorm
+        before = episode_activations(model, support_x, query_x, maml=maml, batchnorm=mode)
         if method.evaluation == "inner-loop":
+            inner_lr, inner_steps = settings.inner_loop()
             with torch.enable_grad():
                 adapted = adapt(
                     model,
@@ -167,11 +158,13 @@ def extract_activations(
                     buffers,
                     support_x,
                     support_y,
-                    inner_lr=settings.inner_lr,
-                    inner_steps=settings.inner_steps,
+                    inner_lr=inner_lr,
+                    inner_steps=inner_steps,
                     adapted=adapted_names,
                 )
-            after = episode_activations(model, support_x, query_x, params=adapted, **kw)
+            after = episode_activations(
+                model, support_x, query_x, maml=maml, batchnorm=mode, params=adapted
+            )
         else:
             after = _fresh_head_adapted(
                 model, before, support_x, support_y, settings, ckpt.seed, episode
@@ -197,13 +190,14 @@ def _fresh_head_adapted(
     fitted on the support features as its evaluation fits it (the same seeded initial
     head)."""
     model.eval()
+    steps, lr = settings.finetune()
     fs = features_of(model, support_x).unsqueeze(0)  # [1, N*K, F]
     weight, bias = fit_heads(
         fs,
         support_y.unsqueeze(0),
         way=settings.way,
-        steps=settings.finetune_steps,
-        lr=settings.finetune_lr,
+        steps=steps,
+        lr=lr,
         seed=seed,
         numbers=[episode],
     )

@@ -14,7 +14,7 @@ import functools
 import math
 import os
 from collections.abc import Callable, Sequence
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import matplotlib
 import numpy as np
@@ -29,6 +29,9 @@ from mamlscope.features.saliency import saliency_maps
 from mamlscope.io import atomic_path
 from mamlscope.methods import ordered
 from mamlscope.models import first_layer
+
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType  # matplotlib >= 3.10: the rc keys' names
 
 __all__ = [
     "DPI",
@@ -48,7 +51,7 @@ __all__ = [
 DPI = 100
 DIVERGING = "RdBu_r"  # weights: red positive, blue negative, white 0
 SEQUENTIAL = "magma"  # saliency
-STYLE = {
+STYLE: dict[RcKeyType, Any] = {
     "font.size": 10,
     "axes.titlesize": 10,
     "axes.labelsize": 10,
@@ -118,7 +121,7 @@ def _first_layer_weights(model: nn.Module, in_shape: tuple[int, int, int]) -> np
     registry entry names (:func:`mamlscope.models.first_layer`), a conv's kernels or a
     linear layer's rows reshaped to ``in_shape``."""
     name, layer = first_layer(model)
-    weight = _numpy(layer.weight)
+    weight = _numpy(layer.get_parameter("weight"))
     if weight.ndim == 4:
         return weight  # [F, C, k, k]
     if weight.ndim == 2 and weight.shape[1] == math.prod(in_shape):
@@ -186,10 +189,12 @@ def plot_embedding(
         cmap = matplotlib.colormaps["tab10" if len(classes) <= 10 else "tab20"]
         for i, cls in enumerate(classes):
             at = labels == cls
-            ax.scatter(*points[at].T, s=12, color=cmap(i), label=str(cls), linewidths=0)
+            x, y = points[at].T
+            ax.scatter(x, y, s=12, color=cmap(i), label=str(cls), linewidths=0)
         ax.legend(title="class", loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     else:
-        dots = ax.scatter(*points.T, s=12, c=labels, cmap="viridis", linewidths=0)
+        x, y = points.T
+        dots = ax.scatter(x, y, s=12, c=labels, cmap="viridis", linewidths=0)
         fig.colorbar(dots, ax=ax, label="class")
     ax.set_xlabel(f"{method} 1")
     ax.set_ylabel(f"{method} 2")
@@ -284,6 +289,7 @@ def plot_saliency(
         top.set_title(f"label {labels[i]}", fontsize=8)
         shown = bottom.imshow(scaled[i], cmap=SEQUENTIAL, vmin=0.0, vmax=1.0)
         _bare(bottom)
+    assert shown is not None  # n >= 1 images, each drawn its map
     fig.colorbar(shown, ax=axes[1::2, :].ravel().tolist(), label="saliency / image max")
     fig.suptitle(title)
     return fig
@@ -301,7 +307,9 @@ def plot_training_curves(metrics: pd.DataFrame, title: str) -> Figure:
     if missing:
         raise ValueError(f"metrics lacks column(s) {sorted(missing)}")
     keys = [c for c in ("method", "seed") if c in metrics.columns]
-    runs = list(metrics.groupby(keys, sort=False)) if keys else [((), metrics)]
+    runs: list[tuple[Any, pd.DataFrame]] = (
+        list(metrics.groupby(keys, sort=False)) if keys else [((), metrics)]
+    )
     if "method" in keys:  # keys[0]: the methods' display order, unknown methods last
         rank = {m: i for i, m in enumerate(ordered(key[0] for key, _ in runs))}
         runs.sort(key=lambda kv: rank[kv[0][0]])

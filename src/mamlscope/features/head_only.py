@@ -19,15 +19,13 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from mamlscope.checkpoint import load_checkpoint
-from mamlscope.data.prepared import PreparedDataset
-from mamlscope.data.tasks import images_to_tensor
 from mamlscope.evaluate import EvalSettings, evaluate_maml, summarize
 from mamlscope.finetune import Batch
 from mamlscope.io import atomic_path
 from mamlscope.maml import select_parameters
 from mamlscope.methods import method as lookup_method
-from mamlscope.runtime import resolve_device, set_threads
+from mamlscope.model_job import open_model_job
+from mamlscope.runtime import set_threads
 
 COLUMNS = ("dataset", "method", "seed", "adaptation", "batchnorm", "mean", "ci95", "episodes")
 # How the Markdown summary names each `adaptation` value (`Method.adaptation`).
@@ -81,16 +79,16 @@ def run_head_only(
         }
     ]
     if method.evaluation == "inner-loop" and method.adapts != "head":
-        torch_device = resolve_device(device)
-        ckpt = load_checkpoint(checkpoint, torch_device)
-        data = PreparedDataset.from_files(images, index, meta)
-        pixels = images_to_tensor(data.images, torch_device)
-        batches = settings.batches(pixels, pd.read_parquet(test_episodes), data)
+        job = open_model_job(
+            checkpoint=checkpoint, images=images, index=index, meta=meta, device=device
+        )
+        batches = job.episodes(pd.read_parquet(test_episodes), settings)
+        inner_lr, inner_steps = settings.inner_loop()
         per_episode = head_only_accuracy(
-            ckpt.model,
+            job.model,
             batches,
-            inner_lr=settings.inner_lr,
-            inner_steps=settings.inner_steps,
+            inner_lr=inner_lr,
+            inner_steps=inner_steps,
             batchnorm=settings.batchnorm,
         )
         rows.append({"adaptation": "head", **summarize(per_episode).as_dict()})

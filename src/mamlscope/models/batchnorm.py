@@ -116,6 +116,9 @@ class BatchNorm(nn.Module):
     ``torch.func`` transforms; see the module docstring for the policy.
     """
 
+    running_mean: torch.Tensor | None  # buffers, None without running statistics
+    running_var: torch.Tensor | None
+
     def __init__(
         self,
         num_features: int,
@@ -152,24 +155,36 @@ class BatchNorm(nn.Module):
         dims, shape = self._shape(x)
         weight, bias = self.weight.view(shape), self.bias.view(shape)  # [1, C, 1, ...]
         forced = _FORCE_BATCH_STATS.get()
-        if forced or self.training or self.running_mean is None:
+        stats = self._running_stats()
+        if forced or self.training or stats is None:
             rows = _REFERENCE_ROWS.get() if forced else None
             reference = None if rows is None else x[:rows]  # [rows, C, ...]
             out = batch_norm(x, weight, bias, dims, self.eps, reference)
-            if self.training and not forced and self.running_mean is not None:
-                self._update_running_stats(x, dims)
+            if self.training and not forced and stats is not None:
+                self._update_running_stats(x, dims, *stats)
             return out
-        mean = self.running_mean.view(shape)  # [1, C, 1, ...]
-        var = self.running_var.view(shape)
+        mean, var = stats[0].view(shape), stats[1].view(shape)  # [1, C, 1, ...]
         return (x - mean) * torch.rsqrt(var + self.eps) * weight + bias
 
+    def _running_stats(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The running mean and variance buffers; None when this layer tracks none."""
+        if self.running_mean is None or self.running_var is None:
+            return None
+        return self.running_mean, self.running_var
+
     @torch.no_grad()
-    def _update_running_stats(self, x: torch.Tensor, dims: tuple[int, ...]) -> None:
+    def _update_running_stats(
+        self,
+        x: torch.Tensor,
+        dims: tuple[int, ...],
+        running_mean: torch.Tensor,
+        running_var: torch.Tensor,
+    ) -> None:
         count = x.numel() // self.num_features
         mean = x.mean(dim=dims)  # [C]
         var = x.var(dim=dims, unbiased=count > 1)  # [C]
-        self.running_mean.lerp_(mean, self.momentum)
-        self.running_var.lerp_(var, self.momentum)
+        running_mean.lerp_(mean, self.momentum)
+        running_var.lerp_(var, self.momentum)
 
     def extra_repr(self) -> str:
         return (

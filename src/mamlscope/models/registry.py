@@ -185,6 +185,7 @@ def build_model(
         raise ConfigError(f"in_shape must be (channels, height, width), got {in_shape!r}")
     for key, value in zip(("channels", "height", "width"), in_shape, strict=True):
         positive_int(value, f"in_shape {key}")
+    channels, height, width = in_shape  # a tuple for the builder even when given a list
     positive_int(num_classes, "num_classes")
     config = {
         "arch": arch,
@@ -192,9 +193,11 @@ def build_model(
         "filters": filters,
         "options": resolve_options(arch, options),
     }
-    model = entry.build(tuple(in_shape), num_classes, running_stats=running_stats, config=config)
+    model = entry.build(
+        (channels, height, width), num_classes, running_stats=running_stats, config=config
+    )
     _check_contract(entry, model)
-    model.arch = entry.name
+    model.arch = entry.name  # type: ignore[assignment]  # torch's stub: only Tensor | Module
     return model
 
 

@@ -37,6 +37,16 @@ class ResidualBlock(nn.Module):
     """Three 3x3 convs with BatchNorm, a 1x1 conv + BatchNorm shortcut, sum, LeakyReLU,
     2x2 max-pool: ``[B, C, H, W] -> [B, width, H // 2, W // 2]``."""
 
+    # Registered by name in __init__'s loop (that order fixes the state-dict keys).
+    conv1: nn.Conv2d
+    conv2: nn.Conv2d
+    conv3: nn.Conv2d
+    bn1: BatchNorm2d
+    bn2: BatchNorm2d
+    bn3: BatchNorm2d
+    relu1: nn.LeakyReLU
+    relu2: nn.LeakyReLU
+
     def __init__(self, channels: int, width: int, *, running_stats: bool) -> None:
         super().__init__()
         for i, c_in in enumerate((channels, width, width), start=1):

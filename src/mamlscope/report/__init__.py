@@ -24,16 +24,16 @@ from mamlscope.report.results import (
     load_results,
     reference_note,
 )
-from mamlscope.report.studies import STUDIES, cka_table, feature_reuse, head_only_table
+from mamlscope.report.studies import cka_table, feature_reuse, figure_studies, head_only_table
 
 __all__ = [
     "REFERENCE",
-    "STUDIES",
     "Results",
     "accuracy_table",
     "cka_table",
     "experiment_tables",
     "feature_reuse",
+    "figure_studies",
     "findings",
     "head_only_table",
     "load_results",

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -18,10 +19,13 @@ from mamlscope.methods import label as method_label
 from mamlscope.methods import method as lookup_method
 from mamlscope.report.results import Results
 
-PHASES = {"train": dict(lw=1.2), "val": dict(marker="o", ms=3, ls="--", lw=0.8)}
+PHASES: dict[str, dict[str, Any]] = {
+    "train": dict(lw=1.2),
+    "val": dict(marker="o", ms=3, ls="--", lw=0.8),
+}
 
 
-STYLE = {"font.size": 9, "axes.spines.top": False, "axes.spines.right": False}
+STYLE: dict[Any, Any] = {"font.size": 9, "axes.spines.top": False, "axes.spines.right": False}
 
 
 def training_curves(results: Results, dataset: str) -> Figure:
@@ -45,7 +49,8 @@ def training_curves_all(results: Results) -> Figure:
         fig = Figure(
             figsize=(3.0 * max(len(results.methods), 1) + 1.6, 5.0 * n), layout="constrained"
         )
-        for sub, dataset in zip(np.atleast_1d(fig.subfigures(n, 1)), results.datasets, strict=True):
+        rows = fig.subfigures(n, 1, squeeze=False)[:, 0]  # [n] SubFigures
+        for sub, dataset in zip(rows, results.datasets, strict=True):
             _draw_curves(sub, results, dataset)
     return fig
 
@@ -74,7 +79,7 @@ def _draw_curves(fig: Figure | SubFigure, results: Results, dataset: str) -> Non
     axes[0, 0].set_ylabel("loss")
     axes[1, 0].set_ylabel("accuracy")
     # Every seed and phase, from whichever column has them all (MAML has no val loss).
-    legend = {}
+    legend: dict[str, Any] = {}
     for ax in axes.flat:
         for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
             legend.setdefault(label, h)

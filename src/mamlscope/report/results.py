@@ -286,7 +286,8 @@ def experiment_tables(results: Results) -> dict[str, Any]:
     for name, ds in cfg["datasets"].items():
         split, ep = ds["split"], ds["episodes"]
         fractions = ", ".join(f"{k} {split[k]}" for k in ("train", "val") if k in split)
-        n = [results.train_images.get((name, s)) for s in results.seeds]
+        found = (results.train_images.get((name, s)) for s in results.seeds)
+        n = sorted({x for x in found if x is not None})  # training images per seed
         rows.append(
             {
                 "dataset": name,
@@ -297,7 +298,7 @@ def experiment_tables(results: Results) -> dict[str, Any]:
                 else split["protocol"],
                 "episodes": f"{ep['way']}-way {ep['shot']}-shot, {ep['query']} queries",
                 "test / val episodes": f"{ep['test_episodes']} / {ep['val_episodes']}",
-                "training images": ", ".join(f"{x:,}" for x in sorted(set(n)) if x is not None),
+                "training images": ", ".join(f"{x:,}" for x in n),
                 "model": _model_name(ds["model"]),
             }
         )

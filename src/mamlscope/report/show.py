@@ -96,9 +96,10 @@ def curves(results: Results) -> None:
     for dataset in results.datasets:
         figure(plots.training_curves(results, dataset), f"training curves, {dataset}")
         for seed in results.seeds:
-            path = studies.compare_figure(results.root, dataset, seed, studies.CURVES.key)
+            path = studies.compare_figure(results.root, dataset, seed, studies.CURVES)
             if path.is_file():
-                png(path, f"training curves, {dataset}, seed {seed}", studies.CURVES.caption)
+                caption = studies.curves_study().caption
+                png(path, f"training curves, {dataset}, seed {seed}", caption)
 
 
 def rulegraph(dot_file: str | os.PathLike[str]) -> None:
@@ -123,8 +124,8 @@ def _figures_or_note(found: Sequence[tuple[str, Path]], what: str) -> None:
 
 
 def feature_studies(results: Results) -> None:
-    """Every feature study, grouped by study, then dataset and seed."""
-    for study in studies.STUDIES:
+    """Every registered figure study, grouped by study, then dataset and seed."""
+    for study in studies.figure_studies():
         markdown(f"### {study.title}\n\n{study.caption}")
         found = studies.study_files(
             results.root, study.key, results.datasets, results.methods, results.seeds

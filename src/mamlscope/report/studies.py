@@ -2,7 +2,8 @@
 
 The studies are written by the feature rules (rules/features.smk) at these paths; the
 report shows whatever of them a run produced and says "not produced by this run" for the
-rest, so it works with or without them::
+rest, so it works with or without them. Which figure studies there are, and their titles
+and captions, is the study registry's word (:mod:`mamlscope.features.studies`)::
 
     {results}/{dataset}/{method}/seed{seed}/figures/{study}.png    one model
     {results}/{dataset}/compare/seed{seed}/{study}.png             the methods side by side
@@ -17,62 +18,45 @@ rest, so it works with or without them::
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from mamlscope.features.studies import FigureStudy, study
+from mamlscope.features.studies import studies as registered_studies
+
 # Raghu et al. 2020 ("Rapid learning or feature reuse?"): MAML's body representations
 # barely change in adaptation, CKA before against after above this, while the head changes.
 FEATURE_REUSE_CKA = 0.9
 HEAD = "head"
+# The figure study the report shows in its training section, beside its own curves.
+CURVES = "curves"
 
 
 @dataclass(frozen=True)
 class Study:
-    """One feature study: its file name (without ``.png``), a title and a caption."""
+    """A figure the CKA rule draws: its file name (without ``.png``), a title, a caption."""
 
     key: str
     title: str
     caption: str
 
 
-STUDIES: tuple[Study, ...] = (
-    Study(
-        "filters",
-        "First-layer filters",
-        "The first layer's weights as images (red positive, blue negative).",
-    ),
-    Study(
-        "tsne",
-        "t-SNE of the probe set",
-        "The last hidden layer's activations of the probe images, embedded in 2-D by t-SNE, "
-        "coloured by class.",
-    ),
-    Study(
-        "pca",
-        "PCA of the probe set",
-        "The same activations projected on their first two principal components.",
-    ),
-    Study(
-        "extremes",
-        "Most and least activating examples",
-        "For each chosen neuron, the probe images that excite it most and least.",
-    ),
-    Study(
-        "saliency",
-        "Saliency",
-        "The gradient of the true class's score with respect to the input pixels.",
-    ),
-    Study(
-        "maximise",
-        "Activation maximisation",
-        "Inputs optimised to excite each chosen neuron.",
-    ),
-)
-CURVES = Study("curves", "Training curves (feature study)", "As drawn by the feature rules.")
+def figure_studies() -> tuple[FigureStudy, ...]:
+    """The registered figure studies the feature-studies section shows, in display order,
+    with their titles and captions (:mod:`mamlscope.features.studies`): every one but
+    :data:`CURVES`, which the training section shows."""
+    return tuple(s for s in registered_studies() if s.key != CURVES)
+
+
+def curves_study() -> FigureStudy:
+    """The training-curves figure study (its caption goes under the side-by-side curves)."""
+    return study(CURVES)
+
+
 CKA_FIGURES: tuple[Study, ...] = (
     Study(
         "cka_methods",
@@ -131,34 +115,6 @@ def study_files(
     return out
 
 
-def expected_study_files(
-    results: str, datasets: Iterable[str], methods: Iterable[str], seeds: Iterable[int | str]
-) -> dict[str, list[str]]:
-    """Every study file the report can show, as path strings, by kind: ``compare`` (the
-    side-by-side figures and CKA figures and tables), ``model`` (per-model figures) and
-    ``summary`` (head_only.parquet). The report rule keeps those the workflow can make."""
-    keys = [s.key for s in (*STUDIES, CURVES)]
-    datasets, methods, seeds = list(datasets), list(methods), [int(s) for s in seeds]
-    compare = [str(compare_figure(results, d, s, k)) for d in datasets for s in seeds for k in keys]
-    compare += [
-        str(p)
-        for d in datasets
-        for s in seeds
-        for p in (
-            cka_file(results, d, s),
-            *(compare_figure(results, d, s, f.key) for f in CKA_FIGURES),
-        )
-    ]
-    model = [
-        str(model_figure(results, d, m, s, k))
-        for d in datasets
-        for m in methods
-        for s in seeds
-        for k in keys
-    ]
-    return {"compare": compare, "model": model, "summary": [str(head_only_file(results))]}
-
-
 def cka_table(
     results: str | os.PathLike[str], datasets: Sequence[str], seeds: Sequence[int]
 ) -> pd.DataFrame:
@@ -200,7 +156,7 @@ def feature_reuse(cka: pd.DataFrame) -> pd.DataFrame:
         body = {k: v for k, v in layers.items() if k != head and np.isfinite(v)}
         if not body:
             continue
-        low = min(body, key=body.get)
+        low = min(body, key=body.__getitem__)
         head_cka = layers[head]
         rows.append(
             dict(

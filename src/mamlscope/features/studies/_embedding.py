@@ -1,0 +1,29 @@
+"""What the t-SNE and PCA studies share: the penultimate layer's probe activations in 2-D."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from mamlscope.features.activations import layer_matrix
+from mamlscope.features.embedding import embed
+from mamlscope.features.studies.base import StudyContext
+from mamlscope.models import layer_names
+
+
+def penultimate(layers: Sequence[str]) -> str:
+    """The recorded layer before ``head``: its output is ``head``'s input (the registry's
+    contract), the penultimate features."""
+    return layers[list(layers).index("head") - 1]
+
+
+def draw_embedding(context: StudyContext, out: Path, method: str, name: str) -> None:
+    """The penultimate layer's probe activations embedded by ``method`` (:func:`embed`,
+    seeded by the run's seed), coloured by class; ``name`` labels the axes."""
+    from mamlscope.features import figures  # matplotlib, only when drawing (package doc)
+
+    layer = penultimate(layer_names(context.model))
+    matrix = layer_matrix(context.activations, layer)  # probe rows, sorted by example id
+    points = embed(matrix.values, method, seed=context.seed)
+    fig = figures.plot_embedding(points, matrix.labels, f"{context.title} · {layer}", method=name)
+    figures.save(fig, out)
