@@ -146,6 +146,7 @@ def test_baseline_takes_episodes_of_another_way(capsys, checkpoints, tables, tmp
     assert json.loads(out)["episodes"] == 40
 
 
+@pytest.mark.slow
 def test_installed_console_script(checkpoints, tables, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
@@ -496,6 +497,7 @@ def test_a_multi_line_reason_is_printed_on_one_line(capsys, tables, tmp_path):
 # --- the baseline's answer does not depend on --batch ----------------------------------------
 
 
+@pytest.mark.slow
 def test_baseline_accuracy_is_the_same_for_every_batch_size(capsys, checkpoints, tables):
     means = {}
     for batch in ("1", "7", "50"):

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import copy
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from plugin_tools import install_distribution
 
 from mamlscope.errors import ConfigError
 from mamlscope.features import studies as feature_studies
@@ -149,6 +149,7 @@ def _picture(path: Path) -> np.ndarray:
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("key", study_keys())
+@pytest.mark.slow
 def test_every_study_draws_its_figure_of_a_tiny_model_the_same_twice(
     key, method, trained, tmp_path
 ) -> None:
@@ -212,14 +213,6 @@ STUDY = FigureStudy(
 '''
 
 
-def _install(root: Path, name: str, entry_points: str) -> None:
-    """A distribution on ``sys.path`` (``root``) declaring ``entry_points``."""
-    dist = root / f"{name}-0.1.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(textwrap.dedent(entry_points))
-
-
 @pytest.fixture
 def plugin(tmp_path, monkeypatch):
     """``mamlscope_test_studies.histogram`` installed with an entry point in group
@@ -229,7 +222,7 @@ def plugin(tmp_path, monkeypatch):
     (package / "__init__.py").write_text("")
     (package / "histogram.py").write_text(PLUGIN)
     point = f"[{feature_studies.GROUP}]\nunit_histogram = mamlscope_test_studies.histogram:STUDY\n"
-    _install(tmp_path / "site", "mamlscope-test-studies", point)
+    install_distribution(tmp_path / "site", "mamlscope-test-studies", point)
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     feature_studies.clear()
     yield "unit_histogram"
@@ -239,6 +232,7 @@ def plugin(tmp_path, monkeypatch):
     feature_studies.clear()
 
 
+@pytest.mark.slow
 def test_a_plugged_study_is_drawn_compared_and_reported(plugin, trained, tmp_path, monkeypatch):
     from mamlscope.report import show
     from mamlscope.report import studies as report_studies
@@ -285,7 +279,7 @@ def test_a_plugged_study_with_a_built_in_key_is_refused(tmp_path, monkeypatch) -
         "from mamlscope.features.studies.tsne import draw\n"
         "STUDY = FigureStudy(key='tsne', title='t', caption='c', draw=draw, position=1)\n"
     )
-    _install(tmp_path, "clash", f"[{feature_studies.GROUP}]\nmine = clash_studies\n")
+    install_distribution(tmp_path, "clash", f"[{feature_studies.GROUP}]\nmine = clash_studies\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     feature_studies.clear()
     try:
@@ -297,6 +291,7 @@ def test_a_plugged_study_with_a_built_in_key_is_refused(tmp_path, monkeypatch) -
         feature_studies.clear()
 
 
+@pytest.mark.slow
 def test_listing_the_studies_loads_no_plotting_library() -> None:
     """The rules read the registry while Snakemake parses them: no matplotlib then."""
     import subprocess

@@ -296,6 +296,7 @@ def _check_saved(fig, path) -> np.ndarray:
     return image
 
 
+@pytest.mark.slow
 def test_figures_render_pngs_of_the_expected_size(tmp_path) -> None:
     title = "mnist5k · maml · seed 0"
     rng = np.random.default_rng(0)

@@ -425,6 +425,7 @@ def load_benchmark():
     return module
 
 
+@pytest.mark.slow
 def test_train_throughput_benchmark_runs_on_cpu_with_tiny_settings(tmp_path, capsys):
     bench = load_benchmark()
     out = tmp_path / "throughput.json"

@@ -137,14 +137,15 @@ def test_evaluation_repeats_exactly(runs, tiny_digits, tmp_path):
 
 
 def test_gather_runs_concatenates_rows_and_writes_markdown(runs, tmp_path):
-    tables = [runs[m]["folder"] / "evaluation.parquet" for m in METHODS]
+    tables = [runs[m]["folder"] / "evaluation.parquet" for m in reversed(METHODS)]
     out_parquet, out_md = tmp_path / "runs.parquet", tmp_path / "runs.md"
     result = gather_runs(tables, out_parquet, out_md)
 
     written = pd.read_parquet(out_parquet)
     pd.testing.assert_frame_equal(written, result)
     assert len(written) == len(METHODS)
-    assert list(written["method"]) == sorted(METHODS)  # sorted by dataset, method, seed
+    # by dataset, then method in its declared display order (not by name), then seed
+    assert list(written["method"]) == ["baseline", "maml", "fomaml"]
     single = pd.read_parquet(tables[0])
     assert list(written.columns) == list(single.columns)
     by_method = written.set_index("method")
@@ -284,6 +285,7 @@ def test_maml_training_needs_its_val_episodes(tiny_digits, tmp_path):
         train(tiny_digits, tmp_path, "maml", val_episodes=None)
 
 
+@pytest.mark.slow
 def test_evaluation_does_not_import_training():
     """One home per stage: the evaluation job needs runtime and evaluate, not train."""
     code = "import sys, mamlscope.evaluate; print('mamlscope.train' in sys.modules)"

@@ -248,6 +248,7 @@ def test_auto_strategy_per_device_and_fallback_for_unsupported_models() -> None:
         resolve_strategy("batched", odd, torch.device("cpu"))
 
 
+@pytest.mark.slow
 def test_meta_training_lowers_the_meta_loss_on_a_learnable_task_family() -> None:
     """Tasks: 2 classes around random centres, labels arbitrary; 300 Adam meta-steps (~1 s)."""
     torch.manual_seed(0)

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import copy
 import sys
-import textwrap
-from pathlib import Path
 
 import model_checks as checks
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from plugin_tools import forget_package, install_distribution
 
 from mamlscope.errors import ConfigError
 from mamlscope.models import (
@@ -116,14 +115,6 @@ MODEL = ModelEntry(
 '''
 
 
-def _install(root: Path, name: str, entry_points: str) -> None:
-    """A distribution on ``sys.path`` (``root``) declaring ``entry_points``."""
-    dist = root / f"{name}-0.1.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(textwrap.dedent(entry_points))
-
-
 @pytest.fixture
 def plugin(tmp_path, monkeypatch):
     """``my_nets.tiny_net`` installed with an entry point in group ``mamlscope.models``."""
@@ -131,12 +122,13 @@ def plugin(tmp_path, monkeypatch):
     package.mkdir()
     (package / "__init__.py").write_text("")
     (package / "tiny_net.py").write_text(PLUGIN)
-    _install(tmp_path, "my-nets", "[mamlscope.models]\ntiny-net = my_nets.tiny_net:MODEL\n")
+    install_distribution(
+        tmp_path, "my-nets", "[mamlscope.models]\ntiny-net = my_nets.tiny_net:MODEL\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     clear_registry()
     yield "tiny-net"
-    for module in [m for m in sys.modules if m == "my_nets" or m.startswith("my_nets.")]:
-        del sys.modules[module]
+    forget_package("my_nets")
     monkeypatch.undo()
     clear_registry()
 
@@ -160,7 +152,7 @@ def test_a_plugged_network_with_the_name_of_a_built_in_is_refused(tmp_path, monk
         "from mamlscope.models.conv4 import build\n"
         "MODEL = ModelEntry(name='fc', build=build)\n"
     )
-    _install(tmp_path, "clash", "[mamlscope.models]\nmine = clash_nets\n")
+    install_distribution(tmp_path, "clash", "[mamlscope.models]\nmine = clash_nets\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     clear_registry()
     try:
@@ -172,6 +164,7 @@ def test_a_plugged_network_with_the_name_of_a_built_in_is_refused(tmp_path, monk
         clear_registry()
 
 
+@pytest.mark.slow
 def test_a_plugged_network_trains_evaluates_and_is_studied(plugin, tiny_digits, tmp_path):
     """The jobs of the pipeline, on the plug-in's network, without editing mamlscope."""
     from mamlscope.evaluate import EvalSettings, run_evaluation

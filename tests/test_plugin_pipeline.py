@@ -10,12 +10,12 @@ studies and the report, with the plug-in method beside the built-in baseline.
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+from plugin_tools import install_distribution
 from workflow_tools import TINY, copy_workflow, snakemake
 
 # A network of torch's own layers (BatchNorm, ReLU, max-pool), not an nn.Sequential.
@@ -84,10 +84,7 @@ def install_plugin(root: Path) -> Path:
     (package / "__init__.py").write_text("")
     (package / "model.py").write_text(MODEL)
     (package / "method.py").write_text(METHOD)
-    dist = root / "my_study-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-study\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(textwrap.dedent(ENTRY_POINTS))
+    install_distribution(root, "my-study", ENTRY_POINTS)
     return root
 
 

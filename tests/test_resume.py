@@ -167,6 +167,7 @@ def reference(tiny_digits, tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("method", ["baseline", "maml"])
+@pytest.mark.slow
 def test_sigkilled_training_resumes_to_bit_identical_weights(
     tiny_digits, reference, tmp_path, method
 ):
@@ -192,6 +193,7 @@ def test_sigkilled_training_resumes_to_bit_identical_weights(
     assert not state.exists() and not state.parent.exists()
 
 
+@pytest.mark.slow
 def test_sigterm_writes_a_resume_state_at_once_and_the_rerun_finishes_the_run(
     tiny_digits, reference, tmp_path
 ):
@@ -278,6 +280,7 @@ def test_a_state_written_by_other_code_is_not_resumed(tiny_digits, tmp_path, mon
 
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "garbage", "other format", "incomplete"])
+@pytest.mark.slow
 def test_a_damaged_or_foreign_state_is_never_taken_for_a_good_one(
     tiny_digits, reference, tmp_path, monkeypatch, damage
 ):

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import copy
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
+from plugin_tools import forget_package, install_distribution
 from source_checks import check_declared_counts
 
 from mamlscope.config import load_schema, validate_config
@@ -120,6 +120,7 @@ def test_each_sources_own_paths_are_checked(tmp_path: Path) -> None:
     [{"source": "digits"}, {"source": "mnist5k"}],
     ids=["digits", "mnist5k"],
 )
+@pytest.mark.slow
 def test_declared_counts_are_what_the_offline_sources_hold(cfg) -> None:
     check_declared_counts(cfg, read_source({**cfg, "image_size": 8}, show_progress=False))
 
@@ -172,19 +173,6 @@ SOURCE = SourceEntry(
 '''
 
 
-def _install(root: Path, name: str, entry_points: str) -> None:
-    """A distribution on ``sys.path`` (``root``) declaring ``entry_points``."""
-    dist = root / f"{name}-0.1.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(textwrap.dedent(entry_points))
-
-
-def _forget(package: str) -> None:
-    for module in [m for m in sys.modules if m == package or m.startswith(f"{package}.")]:
-        del sys.modules[module]
-
-
 @pytest.fixture
 def stripes(tmp_path, monkeypatch):
     """``my_sources.stripes`` installed with an entry point in group ``mamlscope.sources``."""
@@ -192,11 +180,13 @@ def stripes(tmp_path, monkeypatch):
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
     (package / "stripes.py").write_text(PLUGIN)
-    _install(package.parent, "my-sources", f"[{GROUP}]\nstripes = my_sources.stripes:SOURCE\n")
+    install_distribution(
+        package.parent, "my-sources", f"[{GROUP}]\nstripes = my_sources.stripes:SOURCE\n"
+    )
     monkeypatch.syspath_prepend(str(package.parent))
     clear()
     yield "stripes"
-    _forget("my_sources")
+    forget_package("my_sources")
     monkeypatch.undo()
     clear()
 
@@ -260,14 +250,14 @@ def test_a_plugged_source_with_a_built_in_name_is_refused(tmp_path, monkeypatch)
         "from mamlscope.data.readers.digits import read\n"
         "SOURCE = SourceEntry(name='digits', read=read, description='again')\n"
     )
-    _install(tmp_path, "clash", f"[{GROUP}]\nmine = clash_sources\n")
+    install_distribution(tmp_path, "clash", f"[{GROUP}]\nmine = clash_sources\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     clear()
     try:
         with pytest.raises(ConfigError, match=r"two entries are named 'digits'.*'mine'"):
             source_names()
     finally:
-        _forget("clash_sources")
+        forget_package("clash_sources")
         monkeypatch.undo()
         clear()
 
@@ -277,14 +267,14 @@ def test_a_reader_that_returns_something_else_is_named(tmp_path, monkeypatch) ->
         "from mamlscope.data.readers import SourceEntry\n"
         "SOURCE = SourceEntry(name='bad', read=lambda cfg, root, show: [], description='')\n"
     )
-    _install(tmp_path, "bad", f"[{GROUP}]\nbad = bad_sources:SOURCE\n")
+    install_distribution(tmp_path, "bad", f"[{GROUP}]\nbad = bad_sources:SOURCE\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     clear()
     try:
         with pytest.raises(DataError, match="source 'bad': its reader returned a list"):
             read_source({"source": "bad"}, show_progress=False)
     finally:
-        _forget("bad_sources")
+        forget_package("bad_sources")
         monkeypatch.undo()
         clear()
 

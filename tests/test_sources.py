@@ -335,6 +335,7 @@ def test_mnist_rejects_unknown_set(tmp_path: Path) -> None:
 # --- offline digit sources --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_mnist5k_has_500_real_digits_per_class() -> None:
     raw = read_source({"source": "mnist5k"}, show_progress=False)
     assert raw.images.shape == (5000, 1, 28, 28)

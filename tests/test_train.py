@@ -73,6 +73,7 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("method", METHODS)
+@pytest.mark.slow
 def test_same_seed_gives_bit_identical_weights_and_another_seed_does_not(
     tiny_digits, tmp_path, method
 ):

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from mamlscope.io import atomic_path
+from mamlscope.methods import rank
 
 
 def gather_runs(
@@ -23,7 +24,10 @@ def gather_runs(
     together, as Finn et al.) or ``support`` (MAML, each query with the support set's).
     """
     runs = pd.concat([pd.read_parquet(t) for t in tables], ignore_index=True)
-    runs = runs.sort_values(["dataset", "method", "seed"]).reset_index(drop=True)
+    order = rank(runs["method"])  # methods in their declared display order
+    runs = runs.sort_values(
+        ["dataset", "method", "seed"], key=lambda c: c.map(order) if c.name == "method" else c
+    ).reset_index(drop=True)
     with atomic_path(out_parquet) as tmp:
         runs.to_parquet(tmp, index=False)
     lines = [

@@ -24,6 +24,7 @@ from mamlscope.finetune import Batch
 from mamlscope.io import atomic_path
 from mamlscope.maml import select_parameters
 from mamlscope.methods import method as lookup_method
+from mamlscope.methods import rank
 from mamlscope.model_job import open_model_job
 from mamlscope.runtime import set_threads
 
@@ -111,7 +112,11 @@ def gather_head_only(
     """Every model's rows in one table, and a Markdown summary (its own adaptation against
     head-only)."""
     table = pd.concat([pd.read_parquet(t) for t in tables], ignore_index=True)
-    table = table.sort_values(["dataset", "method", "seed", "adaptation"]).reset_index(drop=True)
+    order = rank(table["method"])  # methods in their declared display order
+    table = table.sort_values(
+        ["dataset", "method", "seed", "adaptation"],
+        key=lambda c: c.map(order) if c.name == "method" else c,
+    ).reset_index(drop=True)
     with atomic_path(out_parquet) as tmp:
         table.to_parquet(tmp, index=False)
     lines = [

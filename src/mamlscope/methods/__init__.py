@@ -13,6 +13,14 @@ run it like the built-in ones.
 """
 
 from mamlscope.methods.base import Method
-from mamlscope.methods.registry import clear, label, method, method_names, ordered, registry
+from mamlscope.methods.registry import (
+    clear,
+    label,
+    method,
+    method_names,
+    ordered,
+    rank,
+    registry,
+)
 
-__all__ = ["Method", "clear", "label", "method", "method_names", "ordered", "registry"]
+__all__ = ["Method", "clear", "label", "method", "method_names", "ordered", "rank", "registry"]

@@ -50,6 +50,12 @@ def label(name: str) -> str:
     return found.label if found is not None else name
 
 
+def rank(names: Iterable[str]) -> dict[str, int]:
+    """Each of ``names`` by its place in display order (see :func:`ordered`): a sort key for
+    tables of runs."""
+    return {name: i for i, name in enumerate(ordered(names))}
+
+
 def ordered(names: Iterable[str]) -> list[str]:
     """``names`` in display order: registered methods by position, any others after them
     in the order given (a results folder may hold a method no longer installed)."""
