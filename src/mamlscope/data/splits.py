@@ -211,7 +211,7 @@ def write_split(
     way, shot, query = _episode_keys(episodes_cfg)
     tables = {}
     for pool in ("val", "test"):
-        if pool == "val" and not (pools["pool"] == "val").any():
+        if pool == "val" and not len(pool_ids(pools, "val")):
             tables[pool] = _empty_episodes()
             continue
         count = _episode_value(episodes_cfg, f"{pool}_episodes")

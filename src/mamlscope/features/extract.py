@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from mamlscope.data.lookup import pool_ids
 from mamlscope.evaluate import EvalSettings
 from mamlscope.features.activations import (
     activations_frame,
@@ -56,7 +57,7 @@ def write_probe(
     """Choose ``images`` meta-test images, class-balanced (all of them if the pool is
     smaller), and write ``example_id, class_id`` to ``out``."""
     index_df, pools_df = pd.read_parquet(index), pd.read_parquet(pools)
-    available = int((pools_df["pool"] == "test").sum())
+    available = len(pool_ids(pools_df, "test"))
     if images > available:
         log.info(
             "probe: the test pool holds %d images, fewer than %d; taking all", available, images

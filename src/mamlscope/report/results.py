@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mamlscope.data.lookup import pool_ids
 from mamlscope.errors import DataError
 from mamlscope.evaluate import summarize
 from mamlscope.methods import method as lookup_method
@@ -96,7 +97,7 @@ def load_results(results: str | os.PathLike[str], config: Mapping[str, Any]) -> 
             pools = pd.read_parquet(
                 _need(root / dataset / "split" / f"seed{seed}" / "pools.parquet")
             )
-            train_images[(dataset, seed)] = int((pools["pool"] == "train").sum())
+            train_images[(dataset, seed)] = len(pool_ids(pools, "train"))
             for method in config["methods"]:
                 folder = run_dir(root, dataset, method, seed)
                 summary = json.loads(_need(folder / "evaluation.json").read_text())
