@@ -96,3 +96,35 @@ def test_a_flattening_layer_has_the_width_it_outputs() -> None:
     validate_config(cfg(11), check_paths=False)
     with pytest.raises(ConfigError, match=r"'flatten' .* 12 units"):
         validate_config(cfg(12), check_paths=False)
+
+
+def test_a_network_that_cannot_run_on_the_images_stops_the_config_check() -> None:
+    """Found before any job (it used to fail in training), with or without neurons."""
+    small = copy.deepcopy(DEFAULT)
+    small["datasets"]["mnist5k"]["image_size"] = 8
+    small["datasets"]["mnist5k"]["model"] = {"arch": "resnet12"}
+    with pytest.raises(ConfigError, match=r"datasets.mnist5k.model: resnet12 needs images of at"):
+        validate_config(small, check_paths=False)
+    small["datasets"]["mnist5k"]["image_size"] = 16  # four 2x2 max-pools fit
+    assert validate_config(small, check_paths=False)["datasets"]["mnist5k"]["image_size"] == 16
+
+
+def test_a_forward_that_fails_on_the_image_shape_is_a_config_error(monkeypatch) -> None:
+    """A network whose forward torch refuses on these images (here a Linear sized for
+    another image) is named with its dataset, not a traceback from training."""
+    import torch
+    from torch import nn
+
+    import mamlscope.models as models
+
+    class WrongSize(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = nn.Linear(5, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(x.flatten(1))  # 784 features into a Linear of 5
+
+    monkeypatch.setattr(models, "build_model", lambda *a, **k: WrongSize())
+    with pytest.raises(ConfigError, match=r"datasets.mnist5k.model: the fc network does not run"):
+        validate_config(with_model({"arch": "fc"}), check_paths=False)

@@ -108,14 +108,15 @@ def validate_config(config: Mapping[str, Any], *, check_paths: bool = True) -> d
         raise ConfigError("invalid config:\n" + "\n".join(lines))
     for name, ds in cfg["datasets"].items():
         _check_dataset(name, ds, Path(cfg["data_root"]), check_paths)
-        if cfg["features"]["neurons"] is not None:
-            _check_neurons(name, ds, cfg["features"]["neurons"])
+        _check_network(name, ds, cfg["features"]["neurons"])
     return cfg
 
 
-def _check_neurons(name: str, ds: Mapping[str, Any], neurons: list[dict[str, Any]]) -> None:
-    """Each `features.neurons` entry names a recorded layer of this dataset's network and a
-    unit in it (any registered arch: the widths come from a forward of two blank images)."""
+def _check_network(name: str, ds: Mapping[str, Any], neurons: list[dict[str, Any]] | None) -> None:
+    """The dataset's network builds and runs on its images (before any job: a network too
+    deep for the image size fails here, not in training), and each `features.neurons`
+    entry names one of its recorded layers and a unit in it (the widths come from a forward
+    of two blank images)."""
     from mamlscope.models import build_model, layer_widths, resolve_options  # needs torch
 
     model_cfg, size = ds["model"], ds["image_size"]
@@ -132,10 +133,15 @@ def _check_neurons(name: str, ds: Mapping[str, Any], neurons: list[dict[str, Any
             filters=model_cfg["filters"],
             options=options,
         )
+        widths = layer_widths(model, in_shape)
     except ConfigError as exc:
         raise ConfigError(f"datasets.{name}.model: {exc}") from exc
-    widths = layer_widths(model, in_shape)
-    for i, neuron in enumerate(neurons):
+    except RuntimeError as exc:  # torch's own shape errors in the forward
+        raise ConfigError(
+            f"datasets.{name}.model: the {model_cfg['arch']} network does not run on "
+            f"{ds['channels']}x{size}x{size} images ({exc}); change image_size or the model"
+        ) from exc
+    for i, neuron in enumerate(neurons or []):
         layer, unit = neuron["layer"], neuron["unit"]
         if layer not in widths:
             raise ConfigError(
