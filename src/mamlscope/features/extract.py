@@ -145,7 +145,7 @@ def extract_activations(
         support, query = rows[~rows["is_query"]], rows[rows["is_query"]]
         support_x = batch(support["example_id"].to_numpy(np.int64))
         query_x = batch(query["example_id"].to_numpy(np.int64))
-        support_y = torch.as_tensor(support["label"].to_numpy(np.int64), device=torch_device)
+        support_y = torch.tensor(support["label"].to_numpy(np.int64), device=torch_device)  # a copy
         ep_ids = rows["example_id"].to_numpy(np.int64)
         labels = rows["label"].to_numpy(np.int64)
         mode = settings.batchnorm
