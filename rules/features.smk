@@ -73,7 +73,7 @@ rule plot_features:
             for name in FEATURE_FIGURES
         },
     params:
-        features=config["features"],
+        features=msc.canonical(config["features"]),
     threads: 1
     log:
         "results/{dataset}/{method}/seed{seed}/plot_features.log",

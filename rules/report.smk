@@ -62,7 +62,7 @@ rule report:
     params:
         # The report shows the experiment's resolved config, so any edit of it reruns the
         # report (and only the report, when no result changes).
-        experiment=config,
+        experiment=msc.canonical(config),
     threads: 1
     log:
         "results/logs/report.log",

@@ -158,3 +158,22 @@ def test_unknown_method_and_missing_keys_are_config_errors(ds):
     del partial["baseline"]["finetune_lr"]
     with pytest.raises(ConfigError, match=r"baseline\.finetune_lr"):
         evaluate_section(partial, "baseline")
+
+
+def test_sections_do_not_depend_on_the_configs_key_order(ds):
+    """Snakemake compares params by repr, which follows dict order: every section is the
+    same, key for key and in order, whatever order the config wrote its keys in."""
+    from mamlscope.config import data_section, split_section
+
+    def reversed_keys(value):
+        if isinstance(value, dict):
+            return {k: reversed_keys(value[k]) for k in reversed(list(value))}
+        return value
+
+    flipped = reversed_keys(ds)
+    assert list(flipped) != list(ds)
+    for section in (data_section, split_section):
+        assert repr(section(flipped)) == repr(section(ds))
+    for method in ("baseline", "maml-fd"):
+        assert repr(train_section(flipped, method)) == repr(train_section(ds, method))
+        assert repr(evaluate_section(flipped, method)) == repr(evaluate_section(ds, method))

@@ -236,3 +236,18 @@ def test_an_evaluation_records_the_whole_config_and_its_own_settings(tiny_pipeli
     summary = json.loads((tiny_pipeline / "results/digits8/maml/seed0/evaluation.json").read_text())
     assert summary["config"]["source"] == "digits"  # the checkpoint records the whole config
     assert summary["evaluation"]["inner_steps"] == 2  # the settings this evaluation used
+
+
+@pytest.mark.workflow
+@pytest.mark.slow
+def test_a_config_rewritten_with_its_keys_reordered_reruns_nothing(tiny_pipeline: Path):
+    """Job identity comes from values, not key order: `yaml.safe_dump` sorts every mapping's
+    keys (and reflows the file), and the up-to-date tree stays up to date."""
+    import yaml
+
+    rewritten = yaml.safe_dump(yaml.safe_load(TINY), sort_keys=True)
+    assert rewritten.index("baseline:") < rewritten.index("seeds:")  # really reordered
+    (tiny_pipeline / "sorted.yaml").write_text(rewritten)
+    result = snakemake("-n", "--cores", "1", "--configfile", "sorted.yaml", cwd=tiny_pipeline)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert planned_jobs(result.stdout) == [], result.stdout[-3000:]

@@ -308,13 +308,27 @@ DATA_KEYS = (
 )
 
 
+def canonical(value: Any) -> Any:
+    """A deep copy of ``value`` with every mapping's keys in sorted order.
+
+    Snakemake compares a job's params by their ``repr``, and a dict's repr follows its key
+    order: rules pass their config sections through this, so a config whose keys are only
+    reordered (say rewritten by ``yaml.safe_dump``, which sorts them) reruns nothing.
+    """
+    if isinstance(value, Mapping):
+        return {key: canonical(value[key]) for key in sorted(value, key=str)}
+    if isinstance(value, list | tuple):
+        return [canonical(item) for item in value]
+    return copy.deepcopy(value)
+
+
 def data_section(ds: Mapping[str, Any]) -> dict[str, Any]:
     """The keys that decide a dataset's prepared artifact (and nothing that comes later).
 
     Rules pass this as a param, so editing episodes or training settings does not
     re-prepare the data, while editing any of these does.
     """
-    return {key: copy.deepcopy(ds[key]) for key in DATA_KEYS}
+    return canonical({key: ds[key] for key in DATA_KEYS})
 
 
 # What each later stage reads. Rules pass these sections as params, so that Snakemake
@@ -330,7 +344,7 @@ def split_section(ds: Mapping[str, Any]) -> dict[str, Any]:
     decide how many are drawn. Editing `episodes.test_episodes` therefore rewrites the
     split, and everything downstream of it reruns.
     """
-    return {"split": copy.deepcopy(ds["split"]), "episodes": copy.deepcopy(ds["episodes"])}
+    return canonical({"split": ds["split"], "episodes": ds["episodes"]})
 
 
 def _cut(ds: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
@@ -368,7 +382,7 @@ def train_section(ds: Mapping[str, Any], method: str) -> dict[str, Any]:
     """
     from mamlscope.methods import method as lookup
 
-    return _cut(ds, lookup(method).train_keys)
+    return canonical(_cut(ds, lookup(method).train_keys))
 
 
 def evaluate_section(ds: Mapping[str, Any], method: str) -> dict[str, Any]:
@@ -383,4 +397,4 @@ def evaluate_section(ds: Mapping[str, Any], method: str) -> dict[str, Any]:
     """
     from mamlscope.methods import method as lookup
 
-    return _cut(ds, lookup(method).evaluate_keys)
+    return canonical(_cut(ds, lookup(method).evaluate_keys))
