@@ -1,4 +1,5 @@
-# Data: one prepared artifact per dataset, one split (pools and fixed episodes) per seed.
+# Data: one prepared artifact per dataset, and one split (pools and fixed episodes) drawn by
+# `split.seed` and shared by every training seed, so every run is tested on the same episodes.
 
 
 rule prepare_dataset:
@@ -28,16 +29,16 @@ rule split_dataset:
     input:
         index=rules.prepare_dataset.output.index,
     output:
-        pools=f"results/{{dataset}}/split/seed{{seed}}/{POOLS_FILE}",
-        val=f"results/{{dataset}}/split/seed{{seed}}/{VAL_EPISODES}",
-        test=f"results/{{dataset}}/split/seed{{seed}}/{TEST_EPISODES}",
+        pools=f"results/{{dataset}}/split/{POOLS_FILE}",
+        val=f"results/{{dataset}}/split/{VAL_EPISODES}",
+        test=f"results/{{dataset}}/split/{TEST_EPISODES}",
     params:
         split=split_params,
     threads: 1
     log:
-        "results/{dataset}/logs/split_dataset_seed{seed}.log",
+        "results/{dataset}/logs/split_dataset.log",
     benchmark:
-        "results/{dataset}/logs/split_dataset_seed{seed}.benchmark.tsv"
+        "results/{dataset}/logs/split_dataset.benchmark.tsv"
     conda:
         "../envs/mamlscope.yaml"
     script:

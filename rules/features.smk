@@ -17,14 +17,15 @@ rule choose_probe:
         index=rules.prepare_dataset.output.index,
         pools=rules.split_dataset.output.pools,
     output:
-        probe="results/{dataset}/split/seed{seed}/probe.parquet",
+        probe="results/{dataset}/split/probe.parquet",
     params:
         images=config["features"]["probe_images"],
+        split=split_params,
     threads: 1
     log:
-        "results/{dataset}/logs/choose_probe_seed{seed}.log",
+        "results/{dataset}/logs/choose_probe.log",
     benchmark:
-        "results/{dataset}/logs/choose_probe_seed{seed}.benchmark.tsv"
+        "results/{dataset}/logs/choose_probe.benchmark.tsv"
     conda:
         "../envs/mamlscope.yaml"
     script:

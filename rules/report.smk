@@ -39,7 +39,7 @@ rule report:
             rules.evaluate.output.json, dataset=DATASETS, method=METHODS, seed=SEEDS
         ),
         metrics=expand(rules.train.output.metrics, dataset=DATASETS, method=METHODS, seed=SEEDS),
-        pools=expand(rules.split_dataset.output.pools, dataset=DATASETS, seed=SEEDS),
+        pools=expand(rules.split_dataset.output.pools, dataset=DATASETS),
         rulegraph=rules.rulegraph.output.dot,
         studies=feature_targets(),
     output:

@@ -12,6 +12,8 @@ rule train:
     output:
         checkpoint="results/{dataset}/{method}/seed{seed}/model.pt",
         metrics="results/{dataset}/{method}/seed{seed}/metrics.parquet",
+        # Weights at `maml.snapshots` evenly spaced steps (standard training: the final).
+        snapshots="results/{dataset}/{method}/seed{seed}/snapshots.pt",
     params:
         train=train_params,
         device=config["device"],

@@ -11,6 +11,6 @@ with logged(sm.log[0]):
         sm.input.index,
         sm.input.pools,
         images=sm.params.images,
-        seed=int(sm.wildcards.seed),
+        seed=int(sm.params.split["split"]["seed"]),
         out=sm.output.probe,
     )

@@ -11,11 +11,11 @@ from mamlscope.runtime import set_threads
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 with logged(sm.log[0]):
     set_threads(sm.threads)  # the rule's threads: for any numeric library it loads
-    # write_split writes the seed's folder whole (pools, episodes_val, episodes_test).
+    # write_split writes the split's folder whole (pools, episodes_val, episodes_test).
     write_split(
         pd.read_parquet(sm.input.index),
         sm.params.split["split"],
         sm.params.split["episodes"],
-        int(sm.wildcards.seed),
+        int(sm.params.split["split"]["seed"]),
         Path(sm.output.pools).parent,
     )

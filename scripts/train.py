@@ -17,6 +17,7 @@ with logged(sm.log[0]):
         device=sm.params.device,
         checkpoint=sm.output.checkpoint,
         metrics=sm.output.metrics,
+        snapshots=sm.output.snapshots,
         # Recorded in the checkpoint, not read for training: the whole dataset config, so
         # a standalone checkpoint knows its data and evaluation settings. Deliberately not
         # a param, so that edits training does not read do not retrain.

@@ -105,6 +105,7 @@ def job_args(tiny: dict, out: Path, method: str, cfg: dict | None = None, **extr
         seed=1,
         checkpoint=str(out / "model.pt"),
         metrics=str(out / "metrics.parquet"),
+        snapshots=str(out / "snapshots.pt"),
         **extra,
     )
 
@@ -147,6 +148,12 @@ def assert_same_run(out: Path, ref: Path) -> None:
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), f"{name} differs from the uninterrupted run"
+    # The snapshots taken before the kill travel in the resume state.
+    sa, sb = (torch.load(d / "snapshots.pt", weights_only=True) for d in (out, ref))
+    assert sa["steps"] == sb["steps"] and sa["steps"]
+    for step in sa["state_dicts"]:
+        for name, value in sa["state_dicts"][step].items():
+            assert torch.equal(value, sb["state_dicts"][step][name]), f"snapshot {step} {name}"
     ma, mb = pd.read_parquet(out / "metrics.parquet"), pd.read_parquet(ref / "metrics.parquet")
     pd.testing.assert_frame_equal(ma[METRIC_COLUMNS], mb[METRIC_COLUMNS])
     assert ma["elapsed_s"].is_monotonic_increasing

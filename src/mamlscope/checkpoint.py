@@ -38,6 +38,26 @@ class ModelSpec:
     running_stats: bool = False
     options: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def from_config(
+        cls,
+        model_cfg: dict[str, Any],
+        in_shape: tuple[int, int, int],
+        classes: int,
+        running_stats: bool,
+    ) -> ModelSpec:
+        """The description of a run's network from its dataset's resolved ``model``
+        section, its images' shape and its number of output classes."""
+        return cls(
+            arch=model_cfg["arch"],
+            in_shape=in_shape,
+            num_classes=classes,
+            hidden=list(model_cfg["hidden"]),
+            filters=model_cfg["filters"],
+            running_stats=running_stats,
+            options=dict(model_cfg.get("options") or {}),
+        )
+
     def build(self) -> torch.nn.Module:
         """The network through the model registry (PyTorch's default init: seed first)."""
         return build_model(

@@ -36,6 +36,7 @@ from mamlscope.methods import Method
 from mamlscope.methods import method as lookup_method
 from mamlscope.resume import Resume, resume_key, resume_state_path, set_rng_state, sigterm_saves
 from mamlscope.runtime import resolve_device, seed_everything, set_threads
+from mamlscope.snapshots import Snapshots
 from mamlscope.train_log import Metrics as _Metrics
 from mamlscope.train_log import StepLog as _StepLog
 from mamlscope.train_log import progress as _progress
@@ -57,22 +58,7 @@ class TrainResult:
     metrics: pd.DataFrame
     resumed_from: int = 0  # the step a resume state let the run start after (0: none)
     meta_step: str = ""  # MAML: "cuda-graph", or "eager (why not a graph)"
-
-
-def _model_spec(
-    ds_cfg: dict[str, Any], in_shape: tuple[int, int, int], classes: int, running_stats: bool
-) -> ModelSpec:
-    """The checkpoint's model description from the dataset's resolved ``model`` section."""
-    model_cfg = ds_cfg["model"]
-    return ModelSpec(
-        arch=model_cfg["arch"],
-        in_shape=in_shape,
-        num_classes=classes,
-        hidden=list(model_cfg["hidden"]),
-        filters=model_cfg["filters"],
-        running_stats=running_stats,
-        options=dict(model_cfg.get("options") or {}),
-    )
+    snapshots: Snapshots | None = None  # weights kept during training (`maml.snapshots`)
 
 
 def train_baseline(
@@ -112,7 +98,9 @@ def train_baseline(
     # Classes outside the train pool (protocol `classes`) get -1; they are never batched.
     labels = torch.as_tensor(class_labels(data.index, classes), device=device)
 
-    spec = _model_spec(ds_cfg, tuple(data.images.shape[1:]), len(classes), running_stats=True)
+    spec = ModelSpec.from_config(
+        ds_cfg["model"], tuple(data.images.shape[1:]), len(classes), running_stats=True
+    )
     model = spec.build().to(device)
     optimizer = torch.optim.Adam(
         model.parameters(),
@@ -242,7 +230,9 @@ def train_maml(
         seed=seed,
         device=device,
     )
-    spec = _model_spec(ds_cfg, tuple(data.images.shape[1:]), ep["way"], running_stats=False)
+    spec = ModelSpec.from_config(
+        ds_cfg["model"], tuple(data.images.shape[1:]), ep["way"], running_stats=False
+    )
     model = spec.build().to(device)
     adapted = declared.adapted(model)  # None: every parameter (the inner loop's default)
     # `graph` (and `auto` on CUDA): the meta-step and a capturable Adam as one CUDA graph.
@@ -255,6 +245,7 @@ def train_maml(
     # None (the default, and configs written before the key): all tasks at once.
     max_tasks = cfg.get("max_tasks_in_flight")
     total, resumed_from = cfg["meta_steps"], 0
+    snapshots = Snapshots(total, cfg.get("snapshots", 0))
     state = resume.load()
     if state is not None:
         model.load_state_dict(state["model"])
@@ -263,6 +254,7 @@ def train_maml(
         sampler.generator.set_state(state["generator"])
         metrics.restore(state["metrics"], state["elapsed_s"])
         resumed_from = int(state["step"])
+        snapshots.restore(state.get("snapshots"))
         set_rng_state(state["rng"])
         log.info("resuming %s after meta-step %d of %d", method, resumed_from, total)
     bar = _progress(
@@ -287,6 +279,7 @@ def train_maml(
     for step in bar:
         loss, acc = run_step(*sampler.sample(cfg["meta_batch"]))
         pending.add(step, loss, acc)
+        snapshots.take(step, model)
         validate = bool(len(val_episodes)) and (step % cfg["val_every"] == 0 or step == total)
         if validate or step % LOG_EVERY == 0 or step == total:
             last = pending.flush()
@@ -313,6 +306,7 @@ def train_maml(
                     "generator": sampler.generator.get_state(),
                     "metrics": metrics.rows,
                     "elapsed_s": metrics.elapsed(),
+                    "snapshots": snapshots.state(),
                 },
             )
     pending.flush()
@@ -323,6 +317,7 @@ def train_maml(
         metrics=metrics.frame(),
         resumed_from=resumed_from,
         meta_step=mode(),
+        snapshots=snapshots,
     )
 
 
@@ -339,6 +334,7 @@ def run_training(
     device: str,
     checkpoint: str | os.PathLike[str],
     metrics: str | os.PathLike[str],
+    snapshots: str | os.PathLike[str] | None = None,
     saved_config: Mapping[str, Any] | None = None,
     threads: int | None = None,
     progress: bool = True,
@@ -358,6 +354,9 @@ def run_training(
     one fits this run (same ``config``, method, seed, inputs and code), and write one every
     ``resume_every_steps`` steps or ``resume_every_seconds`` seconds (either; 0 turns one
     off) and on SIGTERM; the state is deleted once the checkpoint is written.
+
+    ``snapshots``: where to write the weights kept during meta-training (`maml.snapshots`
+    evenly spaced steps, `mamlscope.snapshots`); standard training keeps its final weights.
     """
     declared = lookup_method(method)
     if declared.is_meta and val_episodes is None:
@@ -389,5 +388,7 @@ def run_training(
     save_checkpoint(checkpoint, result.model, result.spec, method=method, seed=seed, config=saved)
     with atomic_path(metrics) as tmp:
         result.metrics.assign(method=method, seed=seed).to_parquet(tmp, index=False)
+    if snapshots is not None:
+        (result.snapshots or Snapshots.final(result.model)).save(snapshots)
     state.clear()
     return result

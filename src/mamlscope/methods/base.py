@@ -58,6 +58,7 @@ META_TRAIN_KEYS = (
     "maml.strategy",
     "maml.max_tasks_in_flight",
     "maml.val_every",
+    "maml.snapshots",
     "maml.test_inner_steps",
     "maml.eval_batch",
     *EPISODE_SHAPE_KEYS,

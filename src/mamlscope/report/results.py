@@ -5,13 +5,17 @@ The run layout is the workflow's (README, "What lands where")::
     {results}/runs.parquet                               every run's row (summarize_runs)
     {results}/{dataset}/{method}/seed{seed}/evaluation.json   per-episode accuracies
     {results}/{dataset}/{method}/seed{seed}/metrics.parquet   step, phase, loss, accuracy
-    {results}/{dataset}/split/seed{seed}/pools.parquet        example_id, pool
+    {results}/{dataset}/split/pools.parquet                 example_id, pool
+    {results}/episodes.parquet          every analysis of every run, one row per episode
+                                        (gather_episodes; read by the verdicts and analyses)
 
 Seeds are combined by pooling: the per-episode accuracies of every seed of a (dataset,
 method) are taken together, and the mean and its 95% interval, 1.96 * std / sqrt(n), are
 those of the pooled episodes (:func:`mamlscope.evaluate.summarize`, the same formula as a
 single run's). The interval so reflects episode-to-episode variation over all seeds' test
-episodes; the spread between training seeds is shown beside it as the per-seed means.
+episodes, not that a new training seed moves a model's accuracy; the interval over seeds
+(Student t over the per-seed means, :func:`mamlscope.stats.seed_interval`) stands beside
+it, with the per-seed means.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from mamlscope.data.lookup import pool_ids
 from mamlscope.errors import DataError
 from mamlscope.evaluate import summarize
 from mamlscope.methods import method as lookup_method
+from mamlscope.stats import seed_interval
 
 # The seed project's reference point for standard training (its README): plain test accuracy
 # on full MNIST, with its `baseline` section's settings. A fact about the seed, quoted beside
@@ -45,6 +50,17 @@ REFERENCE: dict[str, Any] = {
     "L2 0.01, batch 256, 5 epochs",
 }
 MNIST_SOURCES = ("mnist", "mnist5k")
+# results/episodes.parquet, the contract of the analyses' gathered table.
+ANALYSES_COLUMNS = {
+    "dataset": "object", "method": "object", "seed": "int64", "analysis": "object",
+    "setting": "object", "batchnorm": "object", "episode": "int64", "accuracy": "float64",
+    "classes": "object", "snapshot": "float64",
+}  # fmt: skip
+
+
+def empty_analyses() -> pd.DataFrame:
+    """The analyses table with its columns and no row (a run without analyses)."""
+    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in ANALYSES_COLUMNS.items()})
 
 
 def run_dir(results: str | os.PathLike[str], dataset: str, method: str, seed: int) -> Path:
@@ -62,6 +78,8 @@ class Results:
     episodes: pd.DataFrame  # dataset, method, seed, episode, accuracy
     metrics: pd.DataFrame  # dataset, method, seed, step, phase, loss, accuracy
     train_images: dict[tuple[str, int], int] = field(default_factory=dict)  # (dataset, seed)
+    # results/episodes.parquet, the runs the config names (empty: the run has no analyses)
+    analyses: pd.DataFrame = field(default_factory=empty_analyses)
 
     @property
     def datasets(self) -> list[str]:
@@ -82,8 +100,26 @@ def _need(path: Path) -> Path:
     return path
 
 
+def load_analyses(path: Path, config: Mapping[str, Any]) -> pd.DataFrame:
+    """``episodes.parquet``'s rows of the config's datasets, methods and seeds; empty when
+    the file is missing. A file without the contract's columns is refused by name."""
+    if not path.is_file():
+        return empty_analyses()
+    table = pd.read_parquet(path)
+    missing = [c for c in ANALYSES_COLUMNS if c not in table.columns]
+    if missing:
+        raise DataError(f"{path} lacks the columns {missing}: gather the episodes again")
+    keep = (
+        table["dataset"].isin(list(config["datasets"]))
+        & table["method"].isin(list(config["methods"]))
+        & table["seed"].isin([int(s) for s in config["seeds"]])
+    )
+    return table[keep].reset_index(drop=True)
+
+
 def load_results(results: str | os.PathLike[str], config: Mapping[str, Any]) -> Results:
-    """Read the run table, every run's per-episode accuracies and metrics, and the pools.
+    """Read the run table, every run's per-episode accuracies and metrics, the pools and
+    the analyses' per-episode table (``episodes.parquet``).
 
     ``config`` is the resolved config (defaults filled in): its datasets, methods and
     seeds say which runs the report covers, whatever else the folder holds.
@@ -93,10 +129,8 @@ def load_results(results: str | os.PathLike[str], config: Mapping[str, Any]) -> 
     runs = pd.read_parquet(_need(root / "runs.parquet"))
     episode_parts, metric_parts, train_images = [], [], {}
     for dataset in config["datasets"]:
+        pools = pd.read_parquet(_need(root / dataset / "split" / "pools.parquet"))
         for seed in (int(s) for s in config["seeds"]):
-            pools = pd.read_parquet(
-                _need(root / dataset / "split" / f"seed{seed}" / "pools.parquet")
-            )
             train_images[(dataset, seed)] = len(pool_ids(pools, "train"))
             for method in config["methods"]:
                 folder = run_dir(root, dataset, method, seed)
@@ -117,6 +151,7 @@ def load_results(results: str | os.PathLike[str], config: Mapping[str, Any]) -> 
         episodes=pd.concat(episode_parts, ignore_index=True),
         metrics=pd.concat(metric_parts, ignore_index=True),
         train_images=train_images,
+        analyses=load_analyses(root / "episodes.parquet", config),
     )
 
 
@@ -124,7 +159,8 @@ def pooled_accuracy(results: Results) -> pd.DataFrame:
     """One row per (dataset, method): seeds pooled per episode (module docstring).
 
     Columns: dataset, method, seeds, episodes, mean, ci95, low, high, seed_means (list, in
-    seed order), batchnorm, way, shot, plain (mean plain test accuracy over seeds, NaN
+    seed order), seed_low, seed_high (the 95% Student t interval over the seed means; NaN
+    with one seed), batchnorm, way, shot, plain (mean plain test accuracy over seeds, NaN
     when the test pool has no classes of the training pool), plain_seeds (list).
     """
     rows = []
@@ -136,6 +172,7 @@ def pooled_accuracy(results: Results) -> pd.DataFrame:
             ]
             acc = summarize(eps["accuracy"])
             seed_means = [float(g["accuracy"].mean()) for _, g in eps.groupby("seed", sort=True)]
+            over_seeds = seed_interval(seed_means)
             own = runs[(runs["dataset"] == dataset) & (runs["method"] == method)].sort_values(
                 "seed"
             )
@@ -151,6 +188,8 @@ def pooled_accuracy(results: Results) -> pd.DataFrame:
                     low=acc.mean - acc.ci95,
                     high=acc.mean + acc.ci95,
                     seed_means=seed_means,
+                    seed_low=over_seeds.low,
+                    seed_high=over_seeds.high,
                     batchnorm=", ".join(sorted(own["batchnorm"].astype(str).unique())),
                     way=int(own["way"].iloc[0]) if len(own) else -1,
                     shot=int(own["shot"].iloc[0]) if len(own) else -1,
@@ -191,6 +230,12 @@ def accuracy_table(results: Results) -> pd.DataFrame:
                 f"{100 * m:.2f} ± {100 * c:.2f}%"
                 for m, c in zip(pooled["mean"], pooled["ci95"], strict=True)
             ],
+            "across seeds (95% CI)": [
+                _over_seeds(m, lo, hi)
+                for m, lo, hi in zip(
+                    pooled["seed_means"], pooled["seed_low"], pooled["seed_high"], strict=True
+                )
+            ],
             "per seed": [", ".join(pct(v) for v in s) for s in pooled["seed_means"]],
             "plain test accuracy": [
                 "" if not np.isfinite(p) else f"{pct(p)} ({', '.join(pct(v, 1) for v in ps)})"
@@ -205,6 +250,13 @@ def accuracy_table(results: Results) -> pd.DataFrame:
         }
     )
     return out
+
+
+def _over_seeds(means: list[float], low: float, high: float) -> str:
+    """The mean of the seed means ± the half width of their t interval; one seed: none."""
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return "one seed: no interval" if len(means) == 1 else ""
+    return f"{100 * np.mean(means):.2f} ± {100 * (high - low) / 2:.2f}%"
 
 
 def reference_note(results: Results) -> str:
