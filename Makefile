@@ -8,10 +8,12 @@ CORES ?= all
 
 .PHONY: run test test-fast typecheck test-slurm dry-run benchmark time-workflow clean
 
+# --no-compile: byte-compiling every installed module (torch's thousands) costs over a
+# minute on 2 cores; the modules the jobs import compile on first use instead.
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,report]'
+	$(BIN)/python -m pip install --quiet --no-compile -e '.[test,report]'
 	touch $@
 
 # Ends with the report: results/report/report.html (papermill, then nbconvert).
