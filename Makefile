@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= all
 
-.PHONY: run test test-fast typecheck test-slurm dry-run benchmark time-workflow clean
+.PHONY: run test test-fast typecheck test-slurm dry-run benchmark time-workflow results-doc clean
 
 # --no-compile: byte-compiling every installed module (torch's thousands) costs over a
 # minute on 2 cores; the modules the jobs import compile on first use instead.
@@ -58,6 +58,20 @@ benchmark: $(BIN)/.installed
 # benchmarks.md); e.g. TIME_ARGS="--cores 4 --json benchmarks/out/workflow.json".
 time-workflow: $(BIN)/.installed
 	$(BIN)/python benchmarks/workflow_time.py $(TIME_ARGS)
+
+# The printed numbers of the docs, written from results trees instead of typed: the `default`
+# blocks of docs/results.md (accuracy, verdicts, like for like) and README.md (accuracy only)
+# from ./results and config.yaml, each with the CPU model, torch and commit that made them.
+# RESULTS_OMNIGLOT=<a results tree of config/omniglot-small.yaml> also writes docs/results.md's
+# `omniglot-small` block. Run it after `make run`; it prints what each block replaced.
+RESULTS ?= results
+RESULTS_OMNIGLOT ?=
+results-doc: $(BIN)/.installed
+	$(BIN)/mamlscope results-doc $(RESULTS) --config config.yaml --doc docs/results.md --name default
+	$(BIN)/mamlscope results-doc $(RESULTS) --config config.yaml --doc README.md --name default \
+		--only accuracy
+	$(if $(RESULTS_OMNIGLOT),$(BIN)/mamlscope results-doc $(RESULTS_OMNIGLOT) \
+		--config config/omniglot-small.yaml --doc docs/results.md --name omniglot-small)
 
 clean:
 	rm -rf results .snakemake

@@ -21,6 +21,7 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/train.smk"
 include: "rules/features.smk"
+include: "rules/analyses.smk"
 include: "rules/report.smk"
 
 

@@ -53,12 +53,13 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from mamlscope.checkpoint import ModelSpec
 from mamlscope.config import validate_config
 from mamlscope.data.prepared import PreparedDataset
 from mamlscope.data.tasks import TaskSampler
 from mamlscope.models import batch_statistics
 from mamlscope.runtime import seed_everything
-from mamlscope.train import LOG_EVERY, _model_spec, train_maml
+from mamlscope.train import LOG_EVERY, train_maml
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "config" / "omniglot.yaml"
@@ -132,7 +133,9 @@ def higher_loop(ds, data, pools, device, steps):
     sampler = TaskSampler(
         data.images, data.index, ids, ep["way"], ep["shot"], ep["query"], mean, std, 0, device
     )
-    spec = _model_spec(ds, tuple(data.images.shape[1:]), ep["way"], running_stats=False)
+    spec = ModelSpec.from_config(
+        ds["model"], tuple(data.images.shape[1:]), ep["way"], running_stats=False
+    )
     model = spec.build().to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg["meta_lr"])
     inner_opt = torch.optim.SGD(model.parameters(), lr=cfg["inner_lr"])

@@ -67,7 +67,7 @@ def rule_names(snakemake: str, workdir: Path, env: dict[str, str], extra: list[s
 def rule_of(path: Path, rules: list[str]) -> str:
     """The rule a benchmark file belongs to: its name starts with the rule's name."""
     stem = path.name.removesuffix(".benchmark.tsv")
-    for rule in rules:  # longest first: summarize_head_only before head_only
+    for rule in rules:  # longest first: summarize_runs before a rule named summarize
         if re.fullmatch(rf"{re.escape(rule)}(_.*)?", stem):
             return rule
     return stem

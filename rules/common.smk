@@ -24,7 +24,7 @@ LOCAL_RULES = [
     "choose_probe",
     "plot_features",
     "compare_methods",
-    "summarize_head_only",
+    "gather_episodes",
 ]
 if config["cluster_localrules"]:
     workflow.localrules(*LOCAL_RULES)
@@ -79,14 +79,14 @@ def gpu_resources(wildcards):
 
 def feature_targets():
     """Every feature study: per dataset and seed the side-by-side figures and CKA (which
-    pull in every model's activations and figures), and the head-only table."""
-    per_seed = [
-        *rules.compare_methods.output,
-        *rules.cka.output,
-    ]
+    pull in every model's activations and figures), and the per-episode table of every
+    accuracy-based analysis (rules/analyses.smk)."""
+    # `figures: false` on a dataset skips its figure studies (not its activations or CKA).
+    drawn = [d for d in DATASETS if config["datasets"][d]["figures"]]
     return [
-        *expand(per_seed, dataset=DATASETS, seed=SEEDS),
-        *rules.summarize_head_only.output,
+        *expand(rules.compare_methods.output, dataset=drawn, seed=SEEDS),
+        *expand(rules.cka.output, dataset=DATASETS, seed=SEEDS),
+        *rules.gather_episodes.output,
     ]
 
 

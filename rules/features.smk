@@ -1,5 +1,5 @@
 # Feature studies: a probe set per dataset and seed, every layer's activations of every
-# trained model, the seed's figures per model and side by side, CKA, head-only adaptation.
+# trained model, the seed's figures per model and side by side, CKA.
 
 import os
 
@@ -148,54 +148,3 @@ rule cka:
     script:
         "../scripts/cka.py"
 
-
-rule head_only:
-    input:
-        checkpoint=rules.train.output.checkpoint,
-        evaluation=rules.evaluate.output.json,
-        images=rules.prepare_dataset.output.images,
-        index=rules.prepare_dataset.output.index,
-        meta=rules.prepare_dataset.output.meta,
-        test=rules.split_dataset.output.test,
-    output:
-        table="results/{dataset}/{method}/seed{seed}/head_only.parquet",
-    params:
-        evaluation=evaluate_params,
-        device=config["device"],
-    threads: 1
-    resources:
-        gpu=gpu_resources,
-    log:
-        "results/{dataset}/{method}/seed{seed}/head_only.log",
-    benchmark:
-        "results/{dataset}/{method}/seed{seed}/head_only.benchmark.tsv"
-    conda:
-        "../envs/mamlscope.yaml"
-    script:
-        "../scripts/head_only.py"
-
-
-rule summarize_head_only:
-    input:
-        tables=expand(
-            rules.head_only.output.table,
-            dataset=DATASETS,
-            method=METHODS,
-            seed=SEEDS,
-        ),
-    output:
-        table="results/head_only.parquet",
-        markdown=report(
-            "results/head_only.md",
-            caption="../report/captions/features/head_only.rst",
-            category="Head-only adaptation",
-        ),
-    threads: 1
-    log:
-        "results/logs/summarize_head_only.log",
-    benchmark:
-        "results/logs/summarize_head_only.benchmark.tsv"
-    conda:
-        "../envs/mamlscope.yaml"
-    script:
-        "../scripts/summarize_head_only.py"

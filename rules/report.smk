@@ -40,6 +40,10 @@ rule report:
         ),
         metrics=expand(rules.train.output.metrics, dataset=DATASETS, method=METHODS, seed=SEEDS),
         pools=expand(rules.split_dataset.output.pools, dataset=DATASETS),
+        # Every analysis of every run, one row per episode (rule gather_episodes).
+        episodes="results/episodes.parquet",
+        # Per-episode CKA before/after adaptation at each training snapshot (same rule).
+        training_cka="results/training_cka.parquet",
         rulegraph=rules.rulegraph.output.dot,
         studies=feature_targets(),
     output:

@@ -323,9 +323,9 @@ def plugin(monkeypatch):
 def test_a_plug_in_method_runs_through_training_evaluation_and_the_feature_studies(
     plugin, tiny_digits, tmp_path
 ):
+    from mamlscope.analyses import run_analyses
     from mamlscope.features.cka_study import cka_table
     from mamlscope.features.extract import extract_activations, write_probe
-    from mamlscope.features.head_only import run_head_only
 
     assert method_names()[-1] == plugin.name
     raw = {
@@ -384,19 +384,28 @@ def test_a_plug_in_method_runs_through_training_evaluation_and_the_feature_studi
             out=folder / "activations.parquet",
         )
         activations[name] = folder / "activations.parquet"
-        table = run_head_only(
+        table = run_analyses(
             checkpoint=folder / "model.pt",
-            evaluation=folder / "evaluation.json",
             images=tiny_digits["images"],
             index=tiny_digits["index"],
             meta=tiny_digits["meta"],
             test_episodes=tiny_digits["test_episodes"],
             settings=settings,
+            analyses={"batchnorm": ["support"], "steps": [0], "episodes": 5},
+            protocol="examples",
             dataset="digits8",
             device="cpu",
-            out=folder / "head_only.parquet",
+            out=folder / "analyses.parquet",
         )
-        assert list(table["adaptation"]) == ["head"]  # both adapt only a head already
+        assert set(table["method"]) == {name} and table["episode"].nunique() == 5
+        if method(name).evaluation == "finetune":  # a fresh head: nothing to freeze
+            assert set(table["analysis"]) == {"centroid", "finetune"}
+        else:  # its own inner loop adapts only the head already: freezing the body is it
+            own = table[
+                (table["analysis"] == "steps") & (table["setting"] == str(settings.inner_steps))
+            ]
+            head = table[(table["analysis"] == "freeze") & (table["setting"] == "from head")]
+            assert own["accuracy"].tolist() == head["accuracy"].tolist()
     cka = cka_table(activations, dataset="digits8", seed=0)
     meta = cka[cka["stage"] == "meta"]
     assert set(zip(meta["model_a"], meta["model_b"], strict=True)) == {("baseline", plugin.name)}
@@ -417,19 +426,50 @@ def test_a_plug_in_named_like_a_built_in_method_is_refused(monkeypatch, plugin):
         method_names()
 
 
-def test_feature_reuse_skips_models_whose_body_stays_by_design():
-    from mamlscope.report.findings import cka_findings, ordering_methods
+def test_the_ordering_compares_the_methods_adapting_every_parameter():
+    from mamlscope.report.findings import ordering_methods
 
-    rows = [
-        dict(dataset="d", seed=0, model_a=m, model_b=m, layer_a=layer, layer_b=layer,
-             stage="adaptation", cka=v)
-        for m in META + ["baseline"]
-        for layer, v in (("fc1", 0.99), ("head", 0.3))
-    ]  # fmt: skip
-    lines = cka_findings(pd.DataFrame(rows))
-    body_changers = [n for n in NAMES if method(n).adapts_body]
-    assert len(lines) == len(body_changers)
-    for line, name in zip(lines, body_changers, strict=True):
-        assert f", {name}**" in line
     chosen = ordering_methods(NAMES)
     assert chosen == {"second": "maml", "first": "fomaml", "finite-difference": "maml-fd"}
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if method(n).evaluation == "inner-loop"])
+def test_per_episode_cka_keeps_the_body_at_one_where_adaptation_leaves_it(name):
+    """Per test episode, CKA before against after each method's own inner loop: 1 in every
+    body layer of a method whose adaptation cannot change the body (ANIL), below 1
+    somewhere in the body of one that adapts it, and below 1 at the head for all."""
+    from mamlscope.features.activations import activations_frame
+    from mamlscope.features.cka_study import episode_cka
+    from mamlscope.features.extract import episode_activations
+
+    torch.manual_seed(0)
+    m = method(name)
+    model = build_model("fc", (1, 6, 6), 3, hidden=[8, 8])
+    params = {k: p.detach() for k, p in model.named_parameters()}
+    buffers = {k: b.detach() for k, b in model.named_buffers()}
+    gen = torch.Generator().manual_seed(1)
+    frames = []
+    for e in range(3):
+        support_x = torch.randn(6, 1, 6, 6, generator=gen)
+        query_x = torch.randn(9, 1, 6, 6, generator=gen)
+        support_y = torch.arange(3).repeat_interleave(2)
+        labels = np.concatenate([support_y.numpy(), np.arange(3).repeat(3)])
+        ids = np.arange(15) + 100 * e
+        before = episode_activations(model, support_x, query_x, maml=True, batchnorm="support")
+        theta = adapt(
+            model, params, buffers, support_x, support_y, inner_lr=0.5, inner_steps=2,
+            adapted=m.adapted(model),
+        )  # fmt: skip
+        after = episode_activations(
+            model, support_x, query_x, maml=True, batchnorm="support", params=theta
+        )
+        frames.append(activations_frame(before, ids, labels, stage="meta", episode=e))
+        frames.append(activations_frame(after, ids, labels, stage="adapted", episode=e))
+    per = episode_cka(pd.concat(frames, ignore_index=True))
+    assert len(per) == 3 * per["layer"].nunique()  # every layer, every episode
+    body = per[per["layer"] != "head"]
+    if m.adapts_body:
+        assert body["cka"].min() < 1 - 1e-6
+    else:
+        assert body["cka"].to_numpy() == pytest.approx(1.0, abs=1e-12)
+    assert (per.loc[per["layer"] == "head", "cka"] < 1 - 1e-6).all()

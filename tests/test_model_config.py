@@ -19,7 +19,9 @@ DEFAULT = yaml.safe_load((REPO / "config.yaml").read_text())
 
 
 def with_model(model: dict, neurons: list | None = None) -> dict:
+    """The default config reduced to its mnist5k dataset, with that network."""
     cfg = copy.deepcopy(DEFAULT)
+    cfg["datasets"] = {"mnist5k": cfg["datasets"]["mnist5k"]}
     cfg["datasets"]["mnist5k"]["model"] = model
     if neurons is not None:
         cfg["features"] = {"neurons": neurons}

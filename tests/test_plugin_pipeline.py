@@ -126,8 +126,11 @@ def test_a_plug_in_method_and_network_run_through_the_whole_workflow(tmp_path: P
         "head",
     ]
     assert {p.stem for p in (model / "figures").glob("*.png")} >= {"filters", "tsne", "saliency"}
-    head_only = pd.read_parquet(results / "head_only.parquet")
-    assert set(head_only["method"]) == {"baseline", "fd-head"}
+    episodes = pd.read_parquet(results / "episodes.parquet")
+    assert set(episodes["method"]) == {"baseline", "fd-head"}
+    # The plug-in network's every child with parameters is a freezing setting.
+    freeze = episodes.loc[episodes["analysis"] == "freeze", "setting"]
+    assert set(freeze) == {"from conv", "from bn", "from head", "body"}
     cka = pd.read_parquet(results / "digits8" / "compare" / "seed0" / "cka.parquet")
     assert set(cka.loc[cka["stage"] == "meta", "model_b"]) == {"fd-head"}
     assert "fd-head" in (results / "report" / "report.html").read_text()

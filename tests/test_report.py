@@ -14,12 +14,14 @@ from mamlscope.evaluate import summarize
 from mamlscope.report import plots, studies
 from mamlscope.report.findings import findings, maml_ordering
 from mamlscope.report.results import (
+    ANALYSES_COLUMNS,
     accuracy_table,
     experiment_tables,
     load_results,
     pooled_accuracy,
     reference_note,
 )
+from mamlscope.stats import seed_interval
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("baseline", "maml", "fomaml", "maml-fd")
@@ -52,13 +54,11 @@ def write_tree(root: Path, config: dict, means: dict[str, float] = MEANS) -> Pat
     rng = np.random.default_rng(0)
     rows = []
     for dataset in config["datasets"]:
+        split = root / dataset / "split"  # one split per dataset, shared by every seed
+        split.mkdir(parents=True)
+        pools = ["train"] * 3000 + ["val"] * 500 + ["test"] * 1500
+        pd.DataFrame({"example_id": range(5000), "pool": pools}).to_parquet(split / "pools.parquet")
         for seed in config["seeds"]:
-            split = root / dataset / "split" / f"seed{seed}"
-            split.mkdir(parents=True)
-            pools = ["train"] * 3000 + ["val"] * 500 + ["test"] * 1500
-            pd.DataFrame({"example_id": range(5000), "pool": pools}).to_parquet(
-                split / "pools.parquet"
-            )
             for method in config["methods"]:
                 folder = root / dataset / method / f"seed{seed}"
                 folder.mkdir(parents=True)
@@ -107,6 +107,11 @@ def test_seeds_are_pooled_per_episode(tree):
     assert pooled.loc["maml", "mean"] == pytest.approx(expected.mean)
     assert pooled.loc["maml", "ci95"] == pytest.approx(1.96 * episodes.std(ddof=1) / math.sqrt(400))
     assert len(pooled.loc["maml", "seed_means"]) == 2
+    over_seeds = seed_interval(pooled.loc["maml", "seed_means"])
+    assert (pooled.loc["maml", "seed_low"], pooled.loc["maml", "seed_high"]) == (
+        pytest.approx(over_seeds.low), pytest.approx(over_seeds.high),
+    )  # fmt: skip
+    assert pooled.loc["maml", "seed_high"] - pooled.loc["maml", "seed_low"] > 0
     assert pooled.loc["baseline", "plain"] == pytest.approx(0.937)
     assert math.isnan(pooled.loc["maml", "plain"])
 
@@ -120,6 +125,10 @@ def test_accuracy_table_has_batchnorm_and_the_reference_beside_the_baseline(tree
     assert table.loc["maml", "seed's reference"] == ""
     assert table.loc["baseline", "plain test accuracy"].startswith("93.70%")
     assert table.loc["maml", "seeds x episodes"] == "2 x 200"
+    means = pooled_accuracy(tree).set_index("method").loc["maml"]
+    half = 100 * (means["seed_high"] - means["seed_low"]) / 2
+    expected = f"{100 * np.mean(means['seed_means']):.2f} ± {half:.2f}%"
+    assert table.loc["maml", "across seeds (95% CI)"] == expected
 
 
 def test_reference_note_explains_the_smaller_training_set(tree):
@@ -151,49 +160,42 @@ def test_experiment_tables_come_from_the_config(tree):
 def test_findings_are_generated_from_the_numbers(tree):
     found = findings(tree)
     best = found["Best method per dataset"][0]
-    assert best.startswith("- **mnist5k**: baseline is best")
-    assert "do not overlap" in best and "Last is maml-fd" in best
+    assert best.startswith("- **mnist5k**: baseline is best by its own evaluation")
+    for other in METHODS[1:]:
+        assert f"significantly above {other}" in best  # paired, 400 episode pairs each
+    assert "see the like-for-like comparison" in best  # running against transductive
     order = found["MAML > FOMAML >= FD?"][0]
-    assert "holds by the means" in order and "not resolved" in order  # overlapping intervals
-    assert "no CKA results" in found["Feature reuse (CKA)"][0]
-    assert "not produced by this run" in found["Head-only against full adaptation"][0]
+    assert "maml > fomaml >= maml-fd is not resolved by these episodes" in order
+    assert "not separated from fomaml" in order and "across seeds [" in order
+    # No analyses table in this tree: the verdicts and like-for-like say so.
+    assert "not produced by this run" in found["Rapid learning or feature reuse?"][0]
+    assert "not produced" in found["MAML against standard training, like for like"][0]
+    assert not any("CKA" in h or "Head-only" in h for h in found)
 
 
 def test_ordering_that_fails_says_so(tmp_path: Path):
     config = make_config()
     means = {**MEANS, "maml": 0.80}
     results = load_results(write_tree(tmp_path / "r", config, means), config)
-    line = maml_ordering(pooled_accuracy(results))[0]
-    assert "does not hold" in line and "maml <= fomaml" in line
+    line = maml_ordering(results)[0]
+    assert "does not hold" in line and "maml is significantly below fomaml" in line
 
 
-def cka_rows(method: str, values: dict[str, float], seed: int = 0) -> list[dict]:
-    return [
-        dict(dataset="mnist5k", seed=seed, model_a=method, model_b=method, layer_a=layer,
-             layer_b=layer, stage="adaptation", cka=v)
-        for layer, v in values.items()
-    ]  # fmt: skip
+def test_load_results_reads_the_analyses_of_the_configs_runs(tmp_path: Path):
+    from test_verdicts import episodes_table
 
-
-def test_feature_reuse_reads_body_and_head_from_cka():
-    rows = cka_rows("maml", {"fc1": 0.99, "bn1": 0.97, "relu1": 0.95, "head": 0.4})
-    rows += cka_rows("fomaml", {"fc1": 0.99, "bn1": 0.7, "relu1": 0.95, "head": 0.4})
-    rows += cka_rows("baseline", {"fc1": 1.0, "bn1": 1.0, "relu1": 1.0, "head": 0.2})
-    # A between-methods row: never read as adaptation.
-    rows.append(dict(dataset="mnist5k", seed=0, model_a="baseline", model_b="maml",
-                     layer_a="fc1", layer_b="fc1", stage="meta", cka=0.1))  # fmt: skip
-    reuse = studies.feature_reuse(pd.DataFrame(rows)).set_index("method")
-    assert reuse.loc["maml", "reuse"] and reuse.loc["maml", "body_min_layer"] == "relu1"
-    assert not reuse.loc["fomaml", "reuse"] and reuse.loc["fomaml", "body_min_layer"] == "bn1"
-    lines = findings_cka(pd.DataFrame(rows))
-    assert len(lines) == 2  # the baseline's frozen body is no evidence either way
-    assert "supports feature reuse" in lines[0] and "does not support" in lines[1]
-
-
-def findings_cka(cka: pd.DataFrame) -> list[str]:
-    from mamlscope.report.findings import cka_findings
-
-    return cka_findings(cka)
+    config = make_config()
+    root = write_tree(tmp_path / "r", config)
+    assert load_results(root, config).analyses.empty  # no episodes.parquet: no analyses
+    table = episodes_table(dataset="mnist5k", methods=("baseline", "maml"), seeds=(0, 1, 2))
+    table.to_parquet(root / "episodes.parquet")
+    analyses = load_results(root, config).analyses
+    assert list(analyses.columns) == list(ANALYSES_COLUMNS)
+    assert set(analyses["seed"]) == {0, 1}  # seed 2 is not in the config
+    assert len(analyses) == len(table[table["seed"] < 2])
+    table.drop(columns="classes").to_parquet(root / "episodes.parquet")
+    with pytest.raises(Exception, match="lacks the columns \\['classes'\\]"):
+        load_results(root, config)
 
 
 def test_studies_prefer_the_side_by_side_figure(tmp_path: Path):
@@ -207,26 +209,6 @@ def test_studies_prefer_the_side_by_side_figure(tmp_path: Path):
     assert found[("d", 0)] == [("baseline | maml", side)]
     assert found[("d", 1)] == [("maml", own)]
     assert found[("d", 2)] == []  # not produced by this run
-
-
-def test_head_only_table_combines_seeds(tmp_path: Path):
-    rows = [
-        dict(dataset="d", method=m, seed=s, adaptation=a, batchnorm="x", mean=v + 0.01 * s,
-             ci95=c, episodes=100)
-        for m in ("maml", "baseline")
-        for s in (0, 1)
-        for a, v, c in (("head", 0.6, 0.03), ("full", 0.7, 0.04))
-    ]  # fmt: skip
-    pd.DataFrame(rows).to_parquet(tmp_path / "head_only.parquet")
-    assert studies.head_only_table(tmp_path / "missing") is None
-    table = studies.head_only_table(tmp_path, ["baseline", "maml"])
-    assert list(zip(table["method"], table["adaptation"], strict=True)) == [
-        ("baseline", "full"), ("baseline", "head"), ("maml", "full"), ("maml", "head"),
-    ]  # fmt: skip
-    maml = table[(table["method"] == "maml") & (table["adaptation"] == "full")].iloc[0]
-    assert maml["mean"] == pytest.approx(0.705)
-    assert maml["ci95"] == pytest.approx(math.sqrt(2 * 0.04**2) / 2)
-    assert maml["episodes"] == 200
 
 
 def test_the_report_takes_the_studies_titles_and_captions_from_the_registry(tree, monkeypatch):
@@ -298,6 +280,6 @@ def test_every_registered_method_has_a_row_a_curve_and_its_place_in_the_findings
     labels = [ax.get_xlabel() for ax in fig.axes[len(names) :]]
     assert labels == [method(n).step_unit for n in names]
     assert labels[0] == "step (batch)" and set(labels[1:]) == {"meta-step"}
-    order = maml_ordering(pooled_accuracy(results))[0]
-    assert "maml > fomaml >= maml-fd holds by the means" in order
+    order = maml_ordering(results)[0]
+    assert "maml > fomaml >= maml-fd" in order
     assert all(f" {n} " not in order for n in names if method(n).adapts != "all")

@@ -29,8 +29,8 @@ SECTIONS = (
     "Accuracy",
     "Training curves",
     "Feature studies",
+    "Rapid learning or feature reuse?",
     "Representational similarity (CKA)",
-    "Head-only against full adaptation",
     "The workflow",
 )
 
@@ -58,14 +58,19 @@ def test_the_report_holds_every_section_figure_and_table(tiny_pipeline: Path):
     for png in pngs:
         assert base64.b64encode(png.read_bytes()).decode() in html, png.name
     assert "not produced by this run" not in html
-    # The training curves drawn by the report, and every image a data URI.
-    assert html.count("<img ") == len(pngs) + 1
+    # The training curves and, per dataset, the layer-freezing, test-steps, over-training and
+    # CKA-over-training figures drawn by the report, and every image a data URI.
+    assert html.count("<img ") == len(pngs) + 1 + 4
     images = re.findall(r"<img [^>]*>", html)
     assert all('src="data:image/png;base64,' in i and 'alt="' in i for i in images)
-    # Tables: datasets, baseline and MAML settings, accuracy, CKA reuse, head-only.
-    assert html.count('class="dataframe mamlscope-table"') == 6
-    assert "BatchNorm at test" in html and "seed's reference" in html
+    # Tables: datasets, baseline and MAML settings, accuracy, CKA; the analyses' verdicts,
+    # layer freezing, nearest centroid, test steps, the baseline's protocols, like for like,
+    # and the verdict over training.
+    assert html.count('class="dataframe mamlscope-table"') == 5 + 7
+    assert "BatchNorm at test" in html and "across seeds (95% CI)" in html
     assert "Best method per dataset" in html and "digits8</strong>: " in html
+    assert "digits8 (test classes seen in training)" in html  # protocol examples
+    assert "like for like" in html and "paired 95% interval" in html
     if shutil.which("dot"):
         assert "<svg" in html and "summarize_runs" in html
     # No code shown, and the kernel was this environment's Python.
@@ -170,9 +175,10 @@ def test_adding_a_seed_runs_only_the_new_jobs_and_the_report(tiny_pipeline: Path
     assert "report" in rules and "rulegraph" not in rules and "prepare_dataset" not in rules
     per_seed = [(rule, w) for rule, w in planned if w]
     assert per_seed and all("seed=1" in w for _, w in per_seed), planned
-    assert {r for r, _ in per_seed} >= {"split_dataset", "train", "evaluate"}
+    # One split per dataset, shared by every seed: a new seed plans no split.
+    assert {r for r, _ in per_seed} >= {"train", "evaluate", "analyze"}
     assert [r for r, w in planned if not w] == sorted(
-        ["report", "summarize_head_only", "summarize_runs"]
+        ["gather_episodes", "report", "summarize_runs"]
     ), planned
 
 

@@ -62,11 +62,18 @@ def test_data_rules_run_on_default_config(workdir: Path):
     assert {p.name for p in data.iterdir()} == {"images.npy", "index.parquet", "meta.json"}
     index = pd.read_parquet(data / "index.parquet")
     assert len(index) == 5000
-    for seed in (0, 1):
-        split = workdir / "results" / "mnist5k" / "split" / f"seed{seed}"
-        test = pd.read_parquet(split / "episodes_test.parquet")
-        assert test["episode"].nunique() == 600
-        assert len(test) == 600 * 5 * (1 + 15)
+    # One split per dataset, shared by both training seeds.
+    tests = {}
+    for dataset in ("mnist5k", "mnist5k-classes"):
+        split = workdir / "results" / dataset / "split"
+        tests[dataset] = test = pd.read_parquet(split / "episodes_test.parquet")
+        assert test["episode"].nunique() == 300
+        assert len(test) == 300 * 5 * (1 + 15)
+    # By classes, the test digits are the five the training pool lacks.
+    pools = pd.read_parquet(workdir / "results/mnist5k-classes/split/pools.parquet")
+    by_pool = pools.merge(index, on="example_id").groupby("pool")["class_id"].unique()
+    train, test = set(by_pool["train"]), set(by_pool["test"])
+    assert len(train) == len(test) == 5 and not train & test
     # A second run finds everything up to date.
     again = snakemake("-n", "--cores", "2", "--until", "split_dataset", cwd=workdir)
     assert again.returncode == 0
@@ -99,7 +106,8 @@ def test_jobs_declare_every_file_they_read(workdir: Path):
     out = result.stdout
     train, evaluate = job_block(out, "train"), job_block(out, "evaluate")
     for block in (train, evaluate):
-        data, split = "results/mnist5k/data/", "results/mnist5k/split/"
+        dataset = re.search(r"dataset=([\w-]+)", block).group(1)
+        data, split = f"results/{dataset}/data/", f"results/{dataset}/split/"
         for name in ("images.npy", "index.parquet", "meta.json", "pools.parquet"):
             assert (split if name == "pools.parquet" else data) + name in block, block
     assert "episodes_val.parquet" in train and "episodes_test.parquet" in evaluate
@@ -108,12 +116,12 @@ def test_jobs_declare_every_file_they_read(workdir: Path):
 MAML = ("maml", "fomaml", "maml-fd")
 # What reruns after a model's training, or after only its evaluation settings, change:
 # the feature studies read the checkpoint, and extraction adapts as evaluation does.
-AFTER_TRAIN = ("train", "evaluate", "extract_activations", "plot_features", "head_only")
-AFTER_EVALUATION = ("evaluate", "extract_activations", "plot_features", "head_only")
+AFTER_TRAIN = ("train", "evaluate", "extract_activations", "plot_features", "analyze")
+AFTER_EVALUATION = ("evaluate", "extract_activations", "plot_features", "analyze")
 # Jobs that gather every model of a dataset and seed (or all of them), by what feeds them.
 GATHERS = {
     "evaluate": "summarize_runs",
-    "head_only": "summarize_head_only",
+    "analyze": "gather_episodes",
     "plot_features": "compare_methods",
     "extract_activations": "cka",
 }
@@ -163,6 +171,15 @@ RERUNS = {
     "maml.eval_batchnorm": (
         "eval_batch: 20}/eval_batch: 20, eval_batchnorm: support}",
         _model_jobs(AFTER_EVALUATION, MAML),
+    ),
+    # The analyses' settings rerun every model's analyses (and the table that gathers them).
+    "analyses.episodes": (
+        "episodes: 10}/episodes: 12}",
+        _model_jobs(("analyze",), ("baseline", *MAML)),
+    ),
+    "analyses.snapshot_episodes": (
+        "snapshot_episodes: 5/snapshot_episodes: 6",
+        _model_jobs(("analyze",), ("baseline", *MAML)),
     ),
     # The figures' settings redraw the figures only.
     "features.extremes": (
@@ -222,15 +239,53 @@ def test_the_feature_studies_of_every_model_are_produced(tiny_pipeline: Path):
     base = cka[(cka["stage"] == "adaptation") & (cka["model_a"] == "baseline")]
     # The baseline's body does not change in adaptation: only its head is new.
     assert base.set_index("layer_a").loc[["fc1", "bn1", "relu1"], "cka"].min() > 0.999999
-    head_only = pd.read_parquet(tiny_pipeline / "results" / "head_only.parquet")
-    assert len(head_only) == 1 + 2 * len(MAML)  # the baseline's row, full and head for MAML
-    assert set(head_only.loc[head_only["method"] == "maml", "adaptation"]) == {"full", "head"}
-    assert (tiny_pipeline / "results" / "head_only.md").read_text().count("head only") == 4
 
 
 @pytest.mark.workflow
 @pytest.mark.slow
-def test_an_evaluation_records_the_whole_config_and_its_own_settings(tiny_pipeline: Path):
+def test_the_per_episode_table_holds_every_analysis_beside_each_evaluation(tiny_pipeline: Path):
+    from mamlscope.analyses import COLUMNS
+
+    table = pd.read_parquet(tiny_pipeline / "results" / "episodes.parquet")
+    assert {c: str(t) for c, t in table.dtypes.items()} == COLUMNS
+    assert set(table["classes"]) == {"seen"}
+    # MAML's snapshot before its final weights (tiny.yaml: maml.snapshots 2 of 3 meta-steps),
+    # on the first analyses.snapshot_episodes (5); every other row is a final model's.
+    earlier = table[table["snapshot"] < 1.0]
+    assert set(earlier["method"]) == set(MAML) and set(earlier["snapshot"]) == {2 / 3}
+    assert sorted(earlier["episode"].unique()) == list(range(5))
+    cka = pd.read_parquet(tiny_pipeline / "results" / "training_cka.parquet")
+    assert set(cka["method"]) == set(MAML) and set(cka["snapshot"]) == {2 / 3, 1.0}
+    table = table[table["snapshot"] == 1.0]
+    own = table[table["analysis"] == "evaluation"]
+    assert own.groupby("method")["episode"].nunique().to_dict() == dict.fromkeys(
+        ("baseline", *MAML), 20
+    )  # every test episode; the analyses take the first 10 (tiny.yaml)
+    analysed = table[table["analysis"] != "evaluation"]
+    assert sorted(analysed["episode"].unique()) == list(range(10))
+    for method in MAML:
+        rows = analysed[analysed["method"] == method]
+        freeze = rows[rows["analysis"] == "freeze"]
+        assert set(freeze["setting"]) == {"from fc1", "from bn1", "from head", "body"}
+        assert set(rows.loc[rows["analysis"] == "steps", "setting"]) == {"0", "1", "2", "5", "10"}
+        assert set(rows["batchnorm"]) == {"transductive", "support"}
+    baseline = analysed[analysed["method"] == "baseline"]
+    assert set(baseline["analysis"]) == {"centroid", "finetune"}
+    assert set(baseline["batchnorm"]) == {"transductive", "support", "running"}
+    # The same computation twice, through different jobs (adapting every layer under the
+    # evaluation's BatchNorm mode; the baseline's fresh head on running statistics): equal
+    # episode by episode.
+    every_layer = analysed["setting"] == "from fc1"
+    own_head = (analysed["analysis"] == "finetune") & (analysed["batchnorm"] == "running")
+    same = analysed[every_layer | own_head]
+    paired = same.merge(own, on=["method", "batchnorm", "episode"], suffixes=("", "_own"))
+    assert len(paired) == 10 * (1 + len(MAML))  # the evaluation's mode only
+    assert (paired["accuracy"] == paired["accuracy_own"]).all()
+
+
+@pytest.mark.workflow
+@pytest.mark.slow
+def test_an_evaluation_records_the_whole_config_and_its_every_layers(tiny_pipeline: Path):
     assert (tiny_pipeline / "results" / "runs.md").is_file()
     summary = json.loads((tiny_pipeline / "results/digits8/maml/seed0/evaluation.json").read_text())
     assert summary["config"]["source"] == "digits"  # the checkpoint records the whole config

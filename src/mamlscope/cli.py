@@ -1,4 +1,5 @@
-"""`mamlscope` on the command line: evaluate a checkpoint on episodes of your own."""
+"""`mamlscope` on the command line: evaluate a checkpoint on episodes of your own; write a
+document's results block from a results tree (`results-doc`)."""
 
 from __future__ import annotations
 
@@ -96,6 +97,34 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _results_doc(args: argparse.Namespace) -> int:
+    """Write block NAME of a Markdown file from a results tree; print what it replaced."""
+    from mamlscope.config import load_config
+    from mamlscope.report.results import load_results
+    from mamlscope.report.results_doc import (
+        block_diff,
+        read_block,
+        require_results,
+        results_block,
+        write_block,
+    )
+
+    read_block(args.doc, args.name)  # a document without the markers fails before any work
+    config = load_config(args.config, check_paths=False)  # the data need not be here
+    require_results(args.results, args.only)
+    made_by = f"mamlscope results-doc {args.results} --config {args.config}" + (
+        f" --only {args.only}" if args.only else ""
+    )
+    text = results_block(load_results(args.results, config), made_by, args.only)
+    old = write_block(args.doc, args.name, text)
+    if old == text.strip("\n"):
+        print(f"{args.doc}: block '{args.name}' unchanged")
+    else:
+        print(block_diff(old, text, args.doc, args.name))
+        print(f"{args.doc}: block '{args.name}' written from {args.results}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; errors of ours print one line and exit 2, not a traceback."""
     parser = _Parser(prog="mamlscope", description=__doc__)
@@ -121,6 +150,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
     evaluate.set_defaults(func=_evaluate)
+    doc = commands.add_parser(
+        "results-doc",
+        help="write a Markdown file's results block from a results tree",
+        description="Replace the text between <!-- results:NAME:begin --> and "
+        "<!-- results:NAME:end --> in a Markdown file with the accuracy tables, verdicts and "
+        "like-for-like comparisons of a results tree, and the machine that made them.",
+    )
+    doc.add_argument("results", help="the results tree (the workflow's results/)")
+    doc.add_argument("--config", required=True, help="the config the results were made with")
+    doc.add_argument("--doc", required=True, help="the Markdown file holding the markers")
+    doc.add_argument("--name", required=True, help="the block's name in its markers")
+    doc.add_argument(
+        "--only",
+        choices=("accuracy",),
+        default=None,
+        help="accuracy: the accuracy tables only (no verdicts or like-for-like tables)",
+    )
+    doc.set_defaults(func=_results_doc)
     try:
         args = parser.parse_args(argv)
         return args.func(args)

@@ -34,6 +34,7 @@ from mamlscope.maml import adapt_and_predict
 from mamlscope.methods import method as lookup_method
 from mamlscope.methods.base import LEGACY_DEFAULTS
 from mamlscope.model_job import open_model_job
+from mamlscope.runtime import cpu_model
 
 log = logging.getLogger("mamlscope")
 
@@ -314,6 +315,9 @@ def run_evaluation(
         "device": str(torch_device),
         "eval_seconds": time.perf_counter() - start,
         "version": __version__,
+        # Where the number was made: the same CPU model and torch reproduce it to the digit.
+        "cpu": cpu_model(),
+        "torch": torch.__version__,
     }
     log.info("%s %s seed %d: %s", dataset, ckpt.method, ckpt.seed, accuracy)
     summary = {

@@ -1,6 +1,6 @@
 """What every job on a trained model opens first: the checkpoint, its method and its data.
 
-Evaluation, activation extraction, head-only adaptation and the feature figures all read
+Evaluation, the accuracy analyses, activation extraction and the feature figures all read
 "checkpoint + images + index + meta" onto one device; :func:`open_model_job` does it once,
 the same way for each, so they cannot differ in how a model meets its images.
 """

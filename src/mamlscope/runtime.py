@@ -10,8 +10,10 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import platform
 import resource
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mamlscope.errors import ConfigError
@@ -134,3 +136,16 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_interop_threads(1)
     except RuntimeError:
         pass
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux, else what Python knows): recorded with
+    every evaluation, since another CPU model moves results within their intervals."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "an unknown CPU"

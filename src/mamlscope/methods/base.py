@@ -95,7 +95,6 @@ _SECTION = {"standard": "baseline", "meta": "maml"}
 # How each kind of training is evaluated: a network with running statistics by a fresh
 # head on its frozen features; a meta-learned one (batch statistics) by its inner loop.
 _EVALUATED_BY = {"standard": "finetune", "meta": "inner-loop"}
-_ADAPTATION = {"all": "full", "head": "head", "body": "body"}
 
 
 @dataclass(frozen=True)
@@ -199,11 +198,6 @@ class Method:
     def step_unit(self) -> str:
         """What one training step is, for axis labels."""
         return "meta-step" if self.is_meta else "step (batch)"
-
-    @property
-    def adaptation(self) -> str:
-        """What its evaluation adapts, as the head-only table names it."""
-        return _ADAPTATION[self.adapts]
 
     @property
     def adapts_body(self) -> bool:

@@ -14,7 +14,7 @@ wrong):
 
 * it has a direct child named ``head``, the final ``nn.Linear`` (N-way classifier): the
   baseline's evaluation fits fresh heads on its input (the penultimate features), and
-  head-only adaptation adapts it alone;
+  the layer-freezing analysis adapts it alone (`from head`);
 * :attr:`ModelEntry.layers` names the layers the feature studies record, in forward
   order, each a submodule run once per forward, the last being ``head`` and the one before
   it producing ``head``'s input;

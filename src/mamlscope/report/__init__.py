@@ -6,13 +6,19 @@ tree, so the report is regenerated from the results whenever they change.
 
 - :mod:`~mamlscope.report.results`: the run layout, loading a run's files, the experiment
   tables (from the resolved config) and the accuracy table (seeds pooled per episode).
-- :mod:`~mamlscope.report.studies`: the feature studies' figures, CKA and head-only tables
-  (whatever of them the run produced).
+- :mod:`~mamlscope.report.studies`: the feature studies' figures and CKA tables (whatever
+  of them the run produced).
+- :mod:`~mamlscope.report.verdicts`: rapid learning or feature reuse, one verdict per
+  dataset, inner-loop method and BatchNorm mode, by paired accuracy (:mod:`mamlscope.stats`).
+- :mod:`~mamlscope.report.analyses`: the analyses' tables and figures (layer freezing,
+  nearest centroid, test-steps sweep, the baseline's protocols, like for like).
 - :mod:`~mamlscope.report.findings`: the findings, sentences generated from the numbers.
 - :mod:`~mamlscope.report.plots`: training curves and the rule graph picture.
 - :mod:`~mamlscope.report.show`: turning the above into notebook output.
 - :mod:`~mamlscope.report.build`: the rule graph job and the report job (papermill, then
   nbconvert to HTML with the code hidden).
+- :mod:`~mamlscope.report.results_doc`: the Markdown blocks of docs/results.md and the
+  README, written from a results tree (``mamlscope results-doc``, ``make results-doc``).
 """
 
 from mamlscope.report.findings import findings
@@ -24,7 +30,8 @@ from mamlscope.report.results import (
     load_results,
     reference_note,
 )
-from mamlscope.report.studies import cka_table, feature_reuse, figure_studies, head_only_table
+from mamlscope.report.studies import cka_table, figure_studies
+from mamlscope.report.verdicts import verdicts
 
 __all__ = [
     "REFERENCE",
@@ -32,10 +39,9 @@ __all__ = [
     "accuracy_table",
     "cka_table",
     "experiment_tables",
-    "feature_reuse",
     "figure_studies",
     "findings",
-    "head_only_table",
     "load_results",
     "reference_note",
+    "verdicts",
 ]

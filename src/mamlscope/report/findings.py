@@ -1,28 +1,41 @@
 """The findings: sentences generated from the numbers, never typed in.
 
-Each function returns Markdown bullet lines; :func:`findings` gathers them in order:
-the best method per dataset, the ordering MAML > FOMAML >= FD (meta-gradient orders
-second > first >= finite-difference, among methods whose inner loop adapts every
-parameter), feature reuse from CKA (Raghu et al. 2020) and head-only against the model's
-own adaptation. Two accuracies "differ" here when their 95% intervals do not overlap (a
-conservative reading: intervals that overlap slightly can still differ at the 5% level).
+Each function returns Markdown bullet lines; :func:`findings` gathers them by heading:
+the verdicts (rapid learning or feature reuse, :mod:`mamlscope.report.verdicts`), MAML
+against standard training like for like (the same BatchNorm protocol on both sides), the
+best method per dataset and the ordering MAML > FOMAML >= FD (meta-gradient orders second >
+first >= finite-difference, among methods adapting every parameter).
+
+Every run of a dataset is tested on the same episodes, so methods are compared by paired
+differences (:mod:`mamlscope.stats`): "significantly" means the paired 95% interval, pooled
+over every seed's episodes, excludes 0; the interval over the seeds' mean differences is
+given beside it. Best method and ordering use the episodes where every method has an
+accuracy, so their means and differences agree (a method cannot be best and significantly
+below another). A missing number gives a sentence saying so, never a conclusion.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import pandas as pd
 
 from mamlscope.methods import method as lookup_method
 from mamlscope.methods import ordered
-from mamlscope.report.results import Results, pooled_accuracy
-from mamlscope.report.studies import FEATURE_REUSE_CKA, feature_reuse
+from mamlscope.report.analyses import like_for_like_of, verdicts_of
+from mamlscope.report.results import Results
+from mamlscope.report.verdicts import classes_of, classes_phrase, verdict_sentences
+from mamlscope.stats import Paired, compare
 
 # The expected ordering MAML > FOMAML >= FD, by meta-gradient order.
 ORDERS = ("second", "first", "finite-difference")
-# How the head-only table names what a model's own adaptation changed.
-ADAPTED = {"full": "every layer", "body": "the body only"}
+NOT_PRODUCED = "not produced by this run (no `results/episodes.parquet`)"
+PAIRING_WORDS = {
+    "transductive": "transductive, both normalising an episode's queries together",
+    "non-transductive": "non-transductive, the meta method normalising each query with its "
+    "support set's statistics and the baseline with its running statistics",
+}
 
 
 def ordering_methods(methods: Iterable[str]) -> dict[str, str]:
@@ -38,160 +51,189 @@ def ordering_methods(methods: Iterable[str]) -> dict[str, str]:
     return found
 
 
-def overlap(a: pd.Series, b: pd.Series) -> bool:
-    """Whether the 95% intervals ``[low, high]`` of two rows overlap."""
-    return bool(a["low"] <= b["high"] and b["low"] <= a["high"])
+def points(x: float) -> str:
+    return f"{100 * x:+.2f}"
 
 
-def _seeds(n: int) -> str:
-    return "1 seed" if n == 1 else f"mean of {n} seeds"
+def bounds(low: float, high: float) -> str:
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "undefined"
+    return f"[{points(low)}, {points(high)}]"
 
 
-def _acc(row: pd.Series) -> str:
-    return f"{100 * row['mean']:.2f} ± {100 * row['ci95']:.2f}%"
+def relation(low: float, high: float) -> str:
+    """How ``a`` stands to ``b`` by the interval of ``a - b``."""
+    if math.isfinite(low) and low > 0:
+        return "significantly above"
+    if math.isfinite(high) and high < 0:
+        return "significantly below"
+    return "not separated from"
 
 
-def _verdict(a: pd.Series, b: pd.Series) -> str:
-    return "their 95% intervals overlap" if overlap(a, b) else "their 95% intervals do not overlap"
+def _diff(p: Paired) -> str:
+    return _difference(
+        p.pooled.mean, p.pooled.low, p.pooled.high, p.pooled.n, p.seeds.low, p.seeds.high
+    ) + ("" if p.consistent else "; not consistent across seeds")
 
 
-def best_methods(pooled: pd.DataFrame) -> list[str]:
-    """Per dataset: the best method, its margin over the runner-up, whether they overlap."""
+def _difference(
+    mean: float, low: float, high: float, n: int, seed_low: float, seed_high: float
+) -> str:
+    seeds = (
+        f"across seeds {bounds(seed_low, seed_high)}"
+        if math.isfinite(seed_low) and math.isfinite(seed_high)
+        else "one seed"
+    )
+    return (
+        f"{points(mean)} points, paired 95% interval {bounds(low, high)} over {n:,} episode "
+        f"pairs, {seeds}"
+    )
+
+
+def _acc(x: float) -> str:
+    return "missing" if not math.isfinite(x) else f"{100 * x:.2f}%"
+
+
+def evaluation_pairs(results: Results, dataset: str) -> tuple[pd.DataFrame, list[str], int]:
+    """Each method's own evaluation on the dataset's episodes, one column per method, rows
+    (seed, episode) where every method has an accuracy; the methods with none at all
+    (left out) and how many episode rows a missing accuracy removed."""
+    eps = results.episodes[results.episodes["dataset"] == dataset]
+    wide = eps.pivot_table(
+        index=["seed", "episode"], columns="method", values="accuracy", dropna=False
+    )
+    empty = [m for m in wide.columns if wide[m].isna().all()]
+    wide = wide.drop(columns=empty)
+    complete = wide.dropna()
+    return complete[ordered(complete.columns)], empty, len(wide) - len(complete)
+
+
+def _slice(wide: pd.DataFrame, method: str) -> pd.DataFrame:
+    return wide[method].rename("accuracy").reset_index()
+
+
+def _eval_modes(results: Results, dataset: str) -> dict[str, str]:
+    runs = results.runs[results.runs["dataset"] == dataset]
+    return {
+        m: ", ".join(sorted(g["batchnorm"].astype(str).unique()))
+        for m, g in runs.groupby("method", sort=False)
+    }
+
+
+def _missing_note(empty: list[str], dropped: int) -> str:
+    note = f" No accuracy for {', '.join(empty)}: left out." if empty else ""
+    if dropped:
+        note += f" {dropped} episode rows with a missing accuracy left out."
+    return note
+
+
+def best_methods(results: Results) -> list[str]:
+    """Per dataset: the best method by its own evaluation and, paired, how it stands to
+    every other method."""
     lines = []
-    for dataset, g in pooled.groupby("dataset", sort=False):
-        g = g.sort_values("mean", ascending=False)
-        best = g.iloc[0]
-        if len(g) == 1:
-            lines.append(f"- **{dataset}**: only {best['method']} ran ({_acc(best)}).")
+    for dataset in results.datasets:
+        wide, empty, dropped = evaluation_pairs(results, dataset)
+        note = _missing_note(empty, dropped)
+        if wide.empty or not len(wide.columns):
+            lines.append(f"- **{dataset}**: no method has accuracies here, so none is best.{note}")
             continue
-        second, last = g.iloc[1], g.iloc[-1]
-        gap = 100 * (best["mean"] - second["mean"])
+        means = wide.mean()
+        best = str(means.idxmax())
+        modes = _eval_modes(results, dataset)
         line = (
-            f"- **{dataset}**: {best['method']} is best with {_acc(best)}, {gap:.2f} points "
-            f"above the runner-up {second['method']} ({_acc(second)}); {_verdict(best, second)}"
+            f"- **{dataset}**: {best} is best by its own evaluation with {_acc(means[best])} "
+            f"(BatchNorm {modes.get(best, '?')})"
         )
-        line += ", so these episodes do not separate the two." if overlap(best, second) else "."
-        if len(g) > 2:
-            line += f" Last is {last['method']} ({_acc(last)})."
-        lines.append(line)
+        parts = []
+        for other in (m for m in wide.columns if m != best):
+            found = compare(_slice(wide, best), _slice(wide, other))
+            parts.append(
+                f"{relation(found.pooled.low, found.pooled.high)} {other} "
+                f"({_acc(means[other])}, BatchNorm {modes.get(other, '?')}; {_diff(found)})"
+            )
+        line += (": " + "; ".join(parts) + ".") if parts else " (the only method)."
+        if len(set(modes.values())) > 1:
+            line += " The methods normalise differently: see the like-for-like comparison."
+        lines.append(line + note)
     return lines
 
 
-def maml_ordering(pooled: pd.DataFrame) -> list[str]:
-    """Per dataset: whether second > first >= finite-difference order holds by the means
-    (e.g. maml > fomaml >= maml-fd, :func:`ordering_methods`), and how clearly."""
+def maml_ordering(results: Results) -> list[str]:
+    """Per dataset: whether second > first >= finite-difference order holds, paired."""
     lines = []
-    for dataset, g in pooled.groupby("dataset", sort=False):
-        rows = {r["method"]: r for _, r in g.iterrows()}
-        by_order = ordering_methods(rows)
+    for dataset in results.datasets:
+        wide, empty, dropped = evaluation_pairs(results, dataset)
+        by_order = ordering_methods(wide.columns)
         missing = [o for o in ORDERS if o not in by_order]
         if missing:
             lines.append(
                 f"- **{dataset}**: the ordering of meta-gradient orders second > first >= "
                 f"finite-difference is not assessed (no {', '.join(missing)}-order method "
-                "adapting every parameter ran)."
+                f"adapting every parameter has accuracies).{_missing_note(empty, dropped)}"
             )
             continue
         a, b, c = (by_order[o] for o in ORDERS)
-        second, first, fd = (rows[m] for m in (a, b, c))
-        above = second["mean"] > first["mean"]
-        not_below = first["mean"] >= fd["mean"]
-        d1 = abs(100 * (second["mean"] - first["mean"]))
-        d2 = abs(100 * (first["mean"] - fd["mean"]))
-        parts = [
-            f"{a} {'>' if above else '<='} {b} by {d1:.2f} points ({_verdict(second, first)})",
-            f"{b} {'>=' if not_below else '<'} {c} by {d2:.2f} points ({_verdict(first, fd)})",
-        ]
-        resolved = not overlap(second, first) and not overlap(first, fd)
-        tail = "" if resolved else "; with overlapping intervals the ordering is not resolved"
-        verdict = "holds" if above and not_below else "does not hold"
-        lines.append(
-            f"- **{dataset}**: {a} > {b} >= {c} {verdict} by the means: {parts[0]}, "
-            f"{parts[1]}{tail}."
-        )
-    return lines
-
-
-def cka_findings(cka: pd.DataFrame) -> list[str]:
-    """Whether CKA before against after adaptation supports feature reuse, per model whose
-    adaptation can change its body."""
-    if cka is None or cka.empty:
-        return [
-            "- **Feature reuse:** no CKA results in this run (no `cka.parquet` under "
-            "`{dataset}/compare/seed{seed}/`), so whether MAML reuses its features in "
-            "adaptation (Raghu et al. 2020) is not assessed."
-        ]
-    reuse = feature_reuse(cka)
-    # A body that adaptation never changes (a fresh head, or an inner loop over the head
-    # only) stays put by design: no evidence either way.
-    reuse = reuse[[lookup_method(m).adapts_body for m in reuse["method"]]]
-    if reuse.empty:
-        return [
-            "- **Feature reuse:** the CKA results hold no model whose adaptation can change "
-            "its body, so feature reuse is not assessed."
-        ]
-    lines = []
-    for r in reuse.itertuples():
-        detail = (
-            f"body layers' CKA before against after adaptation {r.body_mean:.3f} on average, "
-            f"lowest {r.body_min:.3f} ({r.body_min_layer}); the head's {r.head:.3f}"
-        )
-        if r.reuse:
-            verdict = (
-                f"supports feature reuse: every body layer stays above {FEATURE_REUSE_CKA} "
-                "and the head changes most"
-            )
-        elif r.body_min < FEATURE_REUSE_CKA:
-            verdict = (
-                f"does not support feature reuse: {r.body_min_layer} falls below "
-                f"{FEATURE_REUSE_CKA}, so adaptation changes the body too"
-            )
+        ab = compare(_slice(wide, a), _slice(wide, b))
+        bc = compare(_slice(wide, b), _slice(wide, c))
+        if ab.pooled.above_zero and not bc.pooled.below_zero:
+            verdict = "holds"
+        elif ab.pooled.below_zero or bc.pooled.below_zero:
+            verdict = "does not hold"
         else:
-            verdict = (
-                "only partly supports feature reuse: the body stays above "
-                f"{FEATURE_REUSE_CKA} but the head does not change most"
-            )
+            verdict = "is not resolved by these episodes"
         lines.append(
-            f"- **{r.dataset}, {r.method}** ({_seeds(r.seeds)}): {detail}; this {verdict} "
-            "(Raghu et al. 2020)."
+            f"- **{dataset}**: {a} > {b} >= {c} {verdict}: {a} is "
+            f"{relation(ab.pooled.low, ab.pooled.high)} {b} ({_diff(ab)}); {b} is "
+            f"{relation(bc.pooled.low, bc.pooled.high)} {c} ({_diff(bc)})."
+            + _missing_note(empty, dropped)
         )
     return lines
 
 
-def head_only_findings(head_only: pd.DataFrame | None) -> list[str]:
-    """Head-only against the model's own adaptation (every layer, or the body), per model
-    whose own adaptation is more than the head, when the run measured it."""
-    if head_only is None or head_only.empty:
-        return [
-            "- **Head-only adaptation:** not produced by this run (no "
-            "`head_only.parquet`), so head-only against full adaptation is not compared."
-        ]
+def verdict_findings(results: Results) -> list[str]:
+    """Per dataset, seen or unseen test classes: the verdicts and their criteria."""
+    if results.analyses.empty:
+        return [f"- **Rapid learning or feature reuse:** {NOT_PRODUCED}, so not assessed."]
+    found = verdicts_of(results)
+    if found.empty:
+        return ["- **Rapid learning or feature reuse:** no inner-loop method was analysed."]
+    return verdict_sentences(found)
+
+
+def like_for_like_findings(results: Results) -> list[str]:
+    """Each meta method against the baseline under the same BatchNorm protocol, both
+    pairings (transductive; non-transductive), paired."""
+    if results.analyses.empty:
+        return [f"- **Like for like:** {NOT_PRODUCED}, so not compared."]
+    found = like_for_like_of(results)
+    if found.empty:
+        return ["- **Like for like:** no meta method and fine-tuned baseline both analysed."]
     lines = []
-    for (dataset, method), g in head_only.groupby(["dataset", "method"], sort=False):
-        rows = {r["adaptation"]: r for _, r in g.iterrows()}
-        own_kind = next((a for a in ADAPTED if a in rows), None)
-        if own_kind is None or "head" not in rows:
-            continue
-        own, head = rows[own_kind], rows["head"]
-        for r in (own, head):
-            r["low"], r["high"] = r["mean"] - r["ci95"], r["mean"] + r["ci95"]
-        gap = 100 * (own["mean"] - head["mean"])
-        lines.append(
-            f"- **{dataset}, {method}**: adapting the head only gives {_acc(head)} against "
-            f"{_acc(own)} adapting {ADAPTED[own_kind]} ({gap:+.2f} points for its own "
-            f"adaptation; {_verdict(own, head)})."
+    for r in found.itertuples(index=False):
+        where = (
+            f"- **{r.dataset}** ({classes_phrase(classes_of(results.analyses, r.dataset))}), "
+            f"{PAIRING_WORDS[r.pairing]}: {r.method}'s full adaptation ({r.method_batchnorm}) "
+            f"against {r.baseline}'s fresh head ({r.baseline_batchnorm})"
         )
-    return lines or ["- **Head-only adaptation:** no model has both head-only and full rows."]
+        if r.missing:
+            lines.append(f"{where}: missing ({r.missing}), so not compared.")
+            continue
+        diff = _difference(r.difference, r.low, r.high, int(r.pairs), r.seed_low, r.seed_high)
+        lines.append(
+            f"{where}: {_acc(r.method_mean)} against {_acc(r.baseline_mean)}, "
+            f"{relation(r.low, r.high)} it ({diff})"
+            + ("" if r.consistent else "; not consistent across seeds")
+            + (f"; {int(r.dropped)} pairs with a missing accuracy left out" if r.dropped else "")
+            + "."
+        )
+    return lines
 
 
-def findings(
-    results: Results, cka: pd.DataFrame | None = None, head_only: pd.DataFrame | None = None
-) -> dict[str, list[str]]:
+def findings(results: Results) -> dict[str, list[str]]:
     """Every finding as Markdown bullet lines, by heading."""
-    pooled = pooled_accuracy(results)
     return {
-        "Best method per dataset": best_methods(pooled),
-        "MAML > FOMAML >= FD?": maml_ordering(pooled),
-        "Feature reuse (CKA)": cka_findings(cka),
-        "Head-only against full adaptation": head_only_findings(head_only),
+        "Rapid learning or feature reuse?": verdict_findings(results),
+        "MAML against standard training, like for like": like_for_like_findings(results),
+        "Best method per dataset": best_methods(results),
+        "MAML > FOMAML >= FD?": maml_ordering(results),
     }

@@ -1,4 +1,4 @@
-"""The feature studies as the report finds them: figures, CKA and head-only tables.
+"""The feature studies as the report finds them: figures and CKA tables.
 
 The studies are written by the feature rules (rules/features.smk) at these paths; the
 report shows whatever of them a run produced and says "not produced by this run" for the
@@ -9,10 +9,10 @@ and captions, is the study registry's word (:mod:`mamlscope.features.studies`)::
     {results}/{dataset}/compare/seed{seed}/{study}.png             the methods side by side
     {results}/{dataset}/compare/seed{seed}/cka.parquet             dataset, seed, model_a,
         model_b, layer_a, layer_b, stage ('meta': the reference model against each other
-        on the probe set; 'adaptation': one model's layer before against after adaptation), cka
+        on the probe set; 'adaptation': one model's layer before against after adaptation,
+        per test episode, then the mean over episodes), cka, low, high, episodes,
+        episode_ids, episode_cka (mamlscope.features.cka_study)
     {results}/{dataset}/compare/seed{seed}/cka_methods.png, cka_adaptation.png
-    {results}/head_only.parquet      dataset, method, seed, adaptation ('full', 'body' or
-        'head'), mean, ci95, episodes
 """
 
 from __future__ import annotations
@@ -25,13 +25,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mamlscope.features.cka_study import COLUMNS as CKA_COLUMNS
 from mamlscope.features.studies import FigureStudy, study
 from mamlscope.features.studies import studies as registered_studies
 
-# Raghu et al. 2020 ("Rapid learning or feature reuse?"): MAML's body representations
-# barely change in adaptation, CKA before against after above this, while the head changes.
-FEATURE_REUSE_CKA = 0.9
-HEAD = "head"
 # The figure study the report shows in its training section, beside its own curves.
 CURVES = "curves"
 
@@ -67,8 +64,11 @@ CKA_FIGURES: tuple[Study, ...] = (
     Study(
         "cka_adaptation",
         "CKA before against after adaptation",
-        "Linear CKA of each layer with itself before and after adaptation on the test "
-        "episodes' support sets: near 1, the layer barely changed (feature reuse).",
+        "Linear CKA of each layer with itself before against after adaptation, per test "
+        "episode: on the support and query images of one episode, adapted on its own "
+        "support labels; the mean over the recorded episodes with a 95% bootstrap interval "
+        "over episodes (error bars). 1: the layer represents the episode's images as before, "
+        "up to rotation and scale.",
     ),
 )
 
@@ -85,10 +85,6 @@ def model_figure(
 
 def cka_file(results: str | os.PathLike[str], dataset: str, seed: int) -> Path:
     return Path(results) / dataset / "compare" / f"seed{seed}" / "cka.parquet"
-
-
-def head_only_file(results: str | os.PathLike[str]) -> Path:
-    return Path(results) / "head_only.parquet"
 
 
 def study_files(
@@ -119,7 +115,7 @@ def cka_table(
     results: str | os.PathLike[str], datasets: Sequence[str], seeds: Sequence[int]
 ) -> pd.DataFrame:
     """Every ``cka.parquet`` of the run in one table (empty, with the columns, when none)."""
-    columns = ["dataset", "seed", "model_a", "model_b", "layer_a", "layer_b", "stage", "cka"]
+    columns = list(CKA_COLUMNS)
     parts = [
         pd.read_parquet(p)
         for d in datasets
@@ -128,93 +124,43 @@ def cka_table(
     ]
     if not parts:
         return pd.DataFrame(columns=columns)
-    return pd.concat(parts, ignore_index=True)
+    return pd.concat(parts, ignore_index=True).reindex(columns=columns)
 
 
 def adaptation_rows(cka: pd.DataFrame) -> pd.DataFrame:
-    """CKA of a model's layer with itself, before against after adaptation."""
+    """The rows of a model's layer against itself before and after adaptation (stage
+    ``adaptation``: the mean over test episodes and its interval)."""
     same = (cka["model_a"] == cka["model_b"]) & (cka["layer_a"] == cka["layer_b"])
-    return cka[same & (cka["stage"] != "meta")]
+    return cka[same & (cka["stage"] == "adaptation")]
 
 
-def feature_reuse(cka: pd.DataFrame) -> pd.DataFrame:
-    """Per (dataset, method): body and head CKA before against after adaptation.
+def _interval(mean: float, low: float, high: float) -> str:
+    if not np.isfinite(mean):
+        return "undefined"
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return f"{mean:.3f}"
+    return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
 
-    Columns: dataset, method, seeds, body_mean, body_min, body_min_layer, head, layers
-    (``{layer: mean CKA over seeds}`` in network order), reuse (every body layer at least
-    :data:`FEATURE_REUSE_CKA` and the head lower than every body layer). The head is the
-    layer named ``head`` (else the last); layers whose CKA is undefined (NaN: constant
-    activations) are left out of the body figures.
-    """
-    rows = []
+
+def adaptation_table(cka: pd.DataFrame, methods: Sequence[str] = ()) -> pd.DataFrame:
+    """CKA before against after adaptation for display: one row per (dataset, seed, layer)
+    in network order, one column per method (``methods`` first, in that order) holding
+    "mean [low, high]" over that seed's test episodes, and ``episodes`` (the most any
+    method of the row has). Seeds stay apart: each interval is over one model's episodes.
+    Empty when the table holds no adaptation rows."""
     part = adaptation_rows(cka)
-    for (dataset, method), g in part.groupby(["dataset", "model_a"], sort=False):
-        order = list(dict.fromkeys(g["layer_a"]))
-        means = g.groupby("layer_a", sort=False)["cka"].mean()
-        layers = {layer: float(means[layer]) for layer in order}
-        head = HEAD if HEAD in layers else order[-1]
-        body = {k: v for k, v in layers.items() if k != head and np.isfinite(v)}
-        if not body:
-            continue
-        low = min(body, key=body.__getitem__)
-        head_cka = layers[head]
-        rows.append(
-            dict(
-                dataset=dataset,
-                method=method,
-                seeds=int(g["seed"].nunique()),
-                body_mean=float(np.mean(list(body.values()))),
-                body_min=body[low],
-                body_min_layer=low,
-                head=head_cka,
-                layers=layers,
-                reuse=bool(body[low] >= FEATURE_REUSE_CKA and head_cka < body[low]),
-            )
-        )
-    return pd.DataFrame(
-        rows,
-        columns=[
-            "dataset",
-            "method",
-            "seeds",
-            "body_mean",
-            "body_min",
-            "body_min_layer",
-            "head",
-            "layers",
-            "reuse",
-        ],
-    )
-
-
-def head_only_table(
-    results: str | os.PathLike[str], methods: Sequence[str] = ()
-) -> pd.DataFrame | None:
-    """``head_only.parquet`` with seeds combined per (dataset, method, adaptation), or None.
-
-    The table holds each seed's mean and interval, not its episodes, so seeds are combined
-    as the mean of their means, with the interval of that mean for independent seeds,
-    sqrt(sum of ci95^2) / seeds (close to pooling the episodes when the seeds' means agree).
-    """
-    path = head_only_file(results)
-    if not path.is_file():
-        return None
-    table = pd.read_parquet(path)
-    grouped = table.groupby(["dataset", "method", "adaptation"], sort=False)
-    out = grouped.agg(
-        seeds=("seed", "nunique"),
-        mean=("mean", "mean"),
-        ci95=("ci95", lambda c: float(np.sqrt(np.mean(np.square(c)) / len(c)))),
-        episodes=("episodes", "sum"),
-    )
-    out = out.reset_index()
+    if part.empty:
+        return pd.DataFrame(columns=["dataset", "seed", "layer", "episodes"])
     rank = {m: i for i, m in enumerate(methods)}
-    out["_order"] = [
-        (rank.get(m, len(rank)), a != "full")
-        for m, a in zip(out["method"], out["adaptation"], strict=True)
-    ]
-    return (
-        out.sort_values(["dataset", "_order"], kind="stable")
-        .drop(columns="_order")
-        .reset_index(drop=True)
-    )
+    names = sorted(dict.fromkeys(part["model_a"]), key=lambda m: rank.get(m, len(rank)))
+    rows = []
+    for (dataset, seed), g in part.groupby(["dataset", "seed"], sort=False):
+        for layer in dict.fromkeys(g["layer_a"]):
+            at = g[g["layer_a"] == layer].set_index("model_a")
+            row: dict[str, object] = dict(dataset=dataset, seed=int(seed), layer=layer)
+            for m in names:
+                cell = at.loc[m, ["cka", "low", "high"]].astype(float) if m in at.index else None
+                row[m] = "" if cell is None else _interval(*cell)
+            row["episodes"] = int(at["episodes"].max())
+            rows.append(row)
+    return pd.DataFrame(rows, columns=["dataset", "seed", "layer", *names, "episodes"])
