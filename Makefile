@@ -9,7 +9,10 @@ CORES ?= all
 .PHONY: run test test-fast typecheck test-slurm dry-run benchmark time-workflow results-doc clean
 
 # --no-compile: byte-compiling every installed module (torch's thousands) costs over a
-# minute on 2 cores; the modules the jobs import compile on first use instead.
+# minute on 2 cores; the modules the jobs import compile on first use instead, as Python
+# does by default. So that they are compiled once and not in every job, the recipes run
+# without PYTHONDONTWRITEBYTECODE (set on some machines, this project's among them).
+unexport PYTHONDONTWRITEBYTECODE
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
