@@ -55,7 +55,8 @@ def markers(name: str) -> tuple[str, str]:
 
 def git_commit(folder: Path = PACKAGE) -> str | None:
     """The short commit checked out at ``folder``, with "+ uncommitted changes" when the
-    tracked files differ from it; None outside a git checkout."""
+    tracked files differ from it (Markdown files aside: the documents this command writes
+    change no result); None outside a git checkout."""
 
     def git(*args: str) -> str:
         done = subprocess.run(
@@ -67,7 +68,9 @@ def git_commit(folder: Path = PACKAGE) -> str | None:
 
     try:
         commit = git("rev-parse", "--short", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
+        dirty = git(
+            "status", "--porcelain", "--untracked-files=no", "--", ":(top)", ":(top,exclude)*.md"
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return commit + (" + uncommitted changes" if dirty else "")
