@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from job_tools import train_job
 
 import mamlscope.analyses.run as analyses_run
 from mamlscope.analyses import (
@@ -22,14 +23,13 @@ from mamlscope.analyses import (
     gather_episodes,
     run_analyses,
 )
-from mamlscope.config import evaluate_section, train_section, validate_config
+from mamlscope.config import evaluate_section, validate_config
 from mamlscope.errors import ConfigError
 from mamlscope.evaluate import EvalSettings, evaluate_maml, run_evaluation
 from mamlscope.finetune import evaluate_finetune, features_of
 from mamlscope.maml import select_parameters
 from mamlscope.methods import method
 from mamlscope.models import batch_statistics, build_model, statistics_from_first
-from mamlscope.train import run_training
 
 WAY, SHOT, QUERY = 3, 2, 4
 MODES = ("transductive", "support")
@@ -354,19 +354,7 @@ def test_the_job_and_the_gathered_table_keep_the_columns(tiny_digits, tmp_path):
     tables, evaluations = [], []
     for name in ("baseline", "maml"):
         folder = tmp_path / name
-        run_training(
-            **files,
-            pools=tiny_digits["pools"],
-            val_episodes=tiny_digits["val_episodes"],
-            config=train_section(cfg, name),
-            saved_config=cfg,
-            method=name,
-            seed=3,
-            device="cpu",
-            checkpoint=folder / "model.pt",
-            metrics=folder / "metrics.parquet",
-            progress=False,
-        )
+        train_job(tiny_digits, cfg, name, folder, seed=3)
         settings = EvalSettings.from_config(evaluate_section(cfg, name), name)
         run_evaluation(
             checkpoint=folder / "model.pt",

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from job_tools import train_job
 
 from mamlscope.config import evaluate_section, load_schema, train_section, validate_config
 from mamlscope.errors import ConfigError
@@ -29,7 +30,6 @@ from mamlscope.methods.base import (
     STANDARD_TRAIN_KEYS,
 )
 from mamlscope.models import build_model, model_names
-from mamlscope.train import run_training
 
 NAMES = method_names()
 # A standard-training declaration but for what its fresh head adapts.
@@ -210,20 +210,7 @@ def runs(tiny_digits, tmp_path_factory) -> dict[str, dict]:
     out = {}
     for name in NAMES:
         folder = tmp_path_factory.mktemp(f"method-{name}")
-        result = run_training(
-            images=tiny_digits["images"],
-            index=tiny_digits["index"],
-            meta=tiny_digits["meta"],
-            pools=tiny_digits["pools"],
-            val_episodes=tiny_digits["val_episodes"],
-            config=cfg,
-            method=name,
-            seed=0,
-            device="cpu",
-            checkpoint=folder / "model.pt",
-            metrics=folder / "metrics.parquet",
-            progress=False,
-        )
+        result = train_job(tiny_digits, cfg, name, folder)
         row = run_evaluation(
             checkpoint=folder / "model.pt",
             images=tiny_digits["images"],
@@ -347,18 +334,7 @@ def test_a_plug_in_method_runs_through_training_evaluation_and_the_feature_studi
     activations = {}
     for name in ("baseline", plugin.name):
         folder = tmp_path / name
-        run_training(
-            **files,
-            val_episodes=tiny_digits["val_episodes"],
-            config=train_section(cfg, name),
-            saved_config=cfg,
-            method=name,
-            seed=0,
-            device="cpu",
-            checkpoint=folder / "model.pt",
-            metrics=folder / "metrics.parquet",
-            progress=False,
-        )
+        train_job(tiny_digits, cfg, name, folder)
         settings = EvalSettings.from_config(evaluate_section(cfg, name), name)
         row = run_evaluation(
             checkpoint=folder / "model.pt",

@@ -7,26 +7,11 @@ import copy
 
 import pytest
 import torch
+from job_tools import train_job
 
 from mamlscope.checkpoint import load_checkpoint
 from mamlscope.errors import CheckpointError
 from mamlscope.snapshots import load_snapshots, snapshot_steps
-from mamlscope.train import run_training
-
-
-def run(tiny: dict, cfg: dict, method: str, out) -> None:
-    """One training job into ``out`` with its snapshots file."""
-    run_training(
-        **{k: tiny[k] for k in ("images", "index", "meta", "pools", "val_episodes")},
-        config=cfg,
-        method=method,
-        seed=0,
-        device="cpu",
-        checkpoint=out / "model.pt",
-        metrics=out / "metrics.parquet",
-        snapshots=out / "snapshots.pt",
-        progress=False,
-    )
 
 
 def test_snapshot_steps_are_evenly_spaced_and_end_at_the_last_step():
@@ -43,7 +28,7 @@ def test_meta_training_keeps_its_snapshots_and_the_last_is_the_checkpoint(tiny_d
     cfg = copy.deepcopy(tiny_digits["cfg"])
     cfg["maml"]["snapshots"] = 4  # 40 meta-steps: 10, 20, 30, 40
     out = tmp_path / "maml"
-    run(tiny_digits, cfg, "maml", out)
+    train_job(tiny_digits, cfg, "maml", out, snapshots=True)
     checkpoint = load_checkpoint(out / "model.pt")
     kept = load_snapshots(out / "snapshots.pt", checkpoint)
     assert [f for f, _ in kept] == [0.25, 0.5, 0.75, 1.0]
@@ -59,7 +44,7 @@ def test_meta_training_keeps_its_snapshots_and_the_last_is_the_checkpoint(tiny_d
 def test_standard_training_keeps_its_final_weights_and_a_foreign_file_is_refused(
     tiny_digits, tmp_path
 ):
-    run(tiny_digits, tiny_digits["cfg"], "baseline", tmp_path)
+    train_job(tiny_digits, tiny_digits["cfg"], "baseline", tmp_path, snapshots=True)
     checkpoint = load_checkpoint(tmp_path / "model.pt")
     [(fraction, model)] = load_snapshots(tmp_path / "snapshots.pt", checkpoint)
     assert fraction == 1.0

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from job_tools import train_job
 from test_analyses import inner_settings, make_batches, meta_model
 
 from mamlscope.analyses import (
@@ -23,14 +24,13 @@ from mamlscope.analyses import (
 from mamlscope.analyses.training_cka import COLUMNS as CKA_COLUMNS
 from mamlscope.analyses.training_cka import cka_episodes, training_cka
 from mamlscope.checkpoint import load_checkpoint
-from mamlscope.config import evaluate_section, train_section
+from mamlscope.config import evaluate_section
 from mamlscope.evaluate import EvalSettings
 from mamlscope.features.activations import read_activations
 from mamlscope.features.cka_study import episode_cka
 from mamlscope.features.extract import extract_activations, write_probe
 from mamlscope.methods import method
 from mamlscope.snapshots import load_snapshots
-from mamlscope.train import run_training
 
 KEYS = ["analysis", "setting", "batchnorm", "episode"]
 
@@ -104,20 +104,7 @@ def runs(tiny_digits, tmp_path_factory):
     out = {}
     for name in ("baseline", "maml"):
         folder = root / name
-        run_training(
-            **files,
-            pools=tiny_digits["pools"],
-            val_episodes=tiny_digits["val_episodes"],
-            config=train_section(cfg, name),
-            saved_config=cfg,
-            method=name,
-            seed=2,
-            device="cpu",
-            checkpoint=folder / "model.pt",
-            metrics=folder / "metrics.parquet",
-            snapshots=folder / "snapshots.pt",
-            progress=False,
-        )
+        train_job(tiny_digits, cfg, name, folder, seed=2, snapshots=True)
         settings = EvalSettings.from_config(evaluate_section(cfg, name), name)
         table = run_analyses(
             checkpoint=folder / "model.pt",
