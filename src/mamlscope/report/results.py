@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -231,7 +231,7 @@ def accuracy_table(results: Results) -> pd.DataFrame:
                 for m, c in zip(pooled["mean"], pooled["ci95"], strict=True)
             ],
             "across seeds (95% CI)": [
-                _over_seeds(m, lo, hi)
+                over_seeds(m, lo, hi)
                 for m, lo, hi in zip(
                     pooled["seed_means"], pooled["seed_low"], pooled["seed_high"], strict=True
                 )
@@ -252,7 +252,7 @@ def accuracy_table(results: Results) -> pd.DataFrame:
     return out
 
 
-def _over_seeds(means: list[float], low: float, high: float) -> str:
+def over_seeds(means: Sequence[float], low: float, high: float) -> str:
     """The mean of the seed means ± the half width of their t interval; one seed: none."""
     if not (np.isfinite(low) and np.isfinite(high)):
         return "one seed: no interval" if len(means) == 1 else ""

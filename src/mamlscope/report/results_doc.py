@@ -23,7 +23,6 @@ import math
 import os
 import shutil
 import subprocess
-from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -32,7 +31,7 @@ from mamlscope import __version__
 from mamlscope.errors import DataError, MamlscopeError
 from mamlscope.methods import label as method_label
 from mamlscope.report.analyses import fmt_difference, like_for_like_of, verdicts_of
-from mamlscope.report.results import Results, pooled_accuracy
+from mamlscope.report.results import Results, over_seeds, pct, pooled_accuracy
 from mamlscope.report.verdicts import classes_of
 from mamlscope.runtime import cpu_model
 
@@ -146,10 +145,6 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.2f}%"
-
-
 def classes_tested(results: Results, dataset: str) -> str:
     """``seen``/``unseen``: as the analyses recorded it, else from the split protocol."""
     found = classes_of(results.analyses, dataset) if len(results.analyses) else "unknown"
@@ -185,26 +180,19 @@ def accuracy_tables(results: Results) -> str:
                     for m, c in zip(rows["mean"], rows["ci95"], strict=True)
                 ],
                 "across seeds (95% t)": [
-                    _over_seeds(s, lo, hi)
+                    over_seeds(s, lo, hi)
                     for s, lo, hi in zip(
                         rows["seed_means"], rows["seed_low"], rows["seed_high"], strict=True
                     )
                 ],
-                "per seed": [", ".join(_pct(v) for v in s) for s in rows["seed_means"]],
+                "per seed": [", ".join(pct(v) for v in s) for s in rows["seed_means"]],
                 "plain test accuracy, per seed": [
-                    ", ".join(_pct(v) for v in p if math.isfinite(v)) for p in rows["plain_seeds"]
+                    ", ".join(pct(v) for v in p if math.isfinite(v)) for p in rows["plain_seeds"]
                 ],
             }
         )
         parts.append(markdown_table(table))
     return "\n\n".join(parts)
-
-
-def _over_seeds(means: Sequence[float], low: float, high: float) -> str:
-    if not (math.isfinite(low) and math.isfinite(high)):
-        return "one seed: none"
-    mean = sum(means) / len(means)
-    return f"{100 * mean:.2f} ± {100 * (high - low) / 2:.2f}%"
 
 
 def _across(mean: float, low: float, high: float) -> str:
@@ -262,7 +250,7 @@ def like_for_like_table(results: Results) -> str:
             + " / "
             + found["baseline_batchnorm"],
             "method, baseline (seed means)": [
-                "" if r.missing else f"{_pct(r.method_mean)}, {_pct(r.baseline_mean)}"
+                "" if r.missing else f"{pct(r.method_mean)}, {pct(r.baseline_mean)}"
                 for r in found.itertuples()
             ],
             "paired difference, points (95% CI)": [
