@@ -248,7 +248,10 @@ def test_episodes_that_cannot_fit_a_pool_fail_before_any_job(dataset, fragments)
             episodes={"way": 50, "shot": 500},
         ),
         dict(
-            source="omniglot", split=classes_split(10), episodes={"way": 60, "shot": 1, "query": 4}
+            source="omniglot",
+            sets=["images_custom"],
+            split=classes_split(10),
+            episodes={"way": 60, "shot": 1, "query": 4},
         ),
     ],
 )

@@ -1,8 +1,9 @@
 """Loading and validating an experiment config before any job starts.
 
 The JSON schema (`config/schema.yaml`, shipped in the package as `schema.yaml`) says what
-every key means and fills in defaults; the checks here add what a schema cannot see:
-paths on disk and class counts known in advance.
+every key means and fills in defaults; the checks here and in `config_checks` add what a
+schema cannot see: NaN and infinity, paths on disk, class counts known in advance, keys
+read together.
 """
 
 from __future__ import annotations
@@ -15,11 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import numpy as np
 import yaml
 
-from mamlscope.data.facts import known_classes, known_sizes
-from mamlscope.data.pools import POOLS, example_pool_sizes
+from mamlscope.config_checks import (
+    check_episode_table,
+    check_episodes_fit,
+    check_features,
+    check_finite,
+    check_split,
+)
 from mamlscope.data.readers import check_source_config
 from mamlscope.errors import ConfigError
 
@@ -70,6 +75,13 @@ def _key(path: Any) -> str:
     return ".".join(parts) if parts else "(top level)"
 
 
+def _message(error: jsonschema.ValidationError) -> str:
+    """jsonschema's message, without repeating a long list that is too long."""
+    if error.validator == "maxItems" and isinstance(error.instance, list):
+        return f"{len(error.instance)} items, more than the maximum of {error.validator_value}"
+    return error.message
+
+
 def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     merged = copy.deepcopy(dict(base))
     for key, value in override.items():
@@ -86,6 +98,7 @@ def validate_config(config: Mapping[str, Any], *, check_paths: bool = True) -> d
     Raises ConfigError naming the first offending key (all schema errors are listed).
     """
     cfg = copy.deepcopy(dict(config))
+    check_finite(cfg)  # before the schema: its minimum/maximum let NaN through
     # `snakemake --config seeds=[0,1]` hands over the items as strings.
     seeds = cfg.get("seeds")
     if isinstance(seeds, list):
@@ -104,11 +117,12 @@ def validate_config(config: Mapping[str, Any], *, check_paths: bool = True) -> d
     validator = _Validator(load_schema())
     errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
     if errors:
-        lines = [f"  {_key(e.absolute_path)}: {e.message}" for e in errors]
+        lines = [f"  {_key(e.absolute_path)}: {_message(e)}" for e in errors]
         raise ConfigError("invalid config:\n" + "\n".join(lines))
     for name, ds in cfg["datasets"].items():
         _check_dataset(name, ds, Path(cfg["data_root"]), check_paths)
         _check_network(name, ds, cfg["features"]["neurons"])
+    check_features(cfg["features"])
     return cfg
 
 
@@ -173,107 +187,9 @@ def _check_dataset(name: str, ds: dict[str, Any], data_root: Path, check_paths: 
     where = f"datasets.{name}"
     check_source_config(ds, where, check_paths)  # the source's own keys and checks
     check_normalize(ds["normalize"], ds["channels"], f"{where}.")
-    _check_split(where, ds)
-    _check_episodes_fit(where, ds)
-
-
-def _check_split(where: str, ds: dict[str, Any]) -> None:
-    split = ds["split"]  # validated: the schema filled the protocol's defaults
-    if split["protocol"] == "classes":
-        if "train" not in split:
-            raise ConfigError(
-                f"{where}.split.train: required for protocol 'classes' (a class count)"
-            )
-        for key in ("train", "val"):
-            if split[key] != int(split[key]):
-                raise ConfigError(
-                    f"{where}.split.{key}: protocol 'classes' counts classes; got "
-                    f"{split[key]}, expected a whole number"
-                )
-        if split["test_origin"]:
-            raise ConfigError(f"{where}.split.test_origin: only used by protocol 'examples'")
-        known = known_classes(ds["source"])
-        wanted = int(split["train"]) + int(split["val"])
-        if known is not None and wanted >= known:
-            raise ConfigError(
-                f"{where}.split.train: {wanted} train+val classes leave no test classes; "
-                f"source '{ds['source']}' has {known}"
-            )
-        return
-    if split["keep_groups"]:
-        raise ConfigError(f"{where}.split.keep_groups: only used by protocol 'examples'")
-    train, val = split["train"], split["val"]
-    for key, value in (("train", train), ("val", val)):
-        if not 0 <= value < 1:
-            raise ConfigError(
-                f"{where}.split.{key}: protocol 'examples' takes a fraction in [0, 1); got {value}"
-            )
-    if not split["test_origin"] and train + val >= 1:
-        raise ConfigError(
-            f"{where}.split: train + val = {train + val:g} leaves no test examples; "
-            "make the fractions sum to less than 1"
-        )
-
-
-def _check_episodes_fit(where: str, ds: dict[str, Any]) -> None:
-    """``way`` and ``shot + query`` against the pools the split job will make.
-
-    Uses the class and example counts known from the config and the source (its
-    `SourceEntry`); where one is unknown (imagefolder, Omniglot's class count, a
-    test_origin without known counts) its check is left to the split job, which checks
-    the real pools.
-    """
-    split, source = ds["split"], ds["source"]
-    way, shot, query = (ds["episodes"][k] for k in ("way", "shot", "query"))
-    rot = 4 if ds["rotations"] else 1
-    known = known_classes(source)
-    sizes = known_sizes(ds)
-    fix_way = f"lower {where}.episodes.way or give the pool more classes"
-    fix_need = f"lower {where}.episodes.shot or {where}.episodes.query"
-    need = f"{where}.episodes.shot + {where}.episodes.query: {shot} + {query} = {shot + query}"
-    if split["protocol"] == "classes":
-        if known is not None:
-            test = known - split["train"] - split["val"]
-            for pool, n in zip(POOLS, (split["train"], split["val"], test), strict=True):
-                if n and way > n * rot:  # an empty val pool has no episodes
-                    raise ConfigError(
-                        f"{where}.episodes.way: {way} classes per episode, but pool '{pool}' "
-                        f"will have only {int(n * rot)} classes ({int(n)} base classes"
-                        f"{' x 4 rotations' if rot > 1 else ''}); {fix_way} "
-                        f"({where}.split.train, {where}.split.val)"
-                    )
-        total = np.sum(list(sizes.values()), axis=0) if sizes else None
-        if total is not None and shot + query > total.min():
-            raise ConfigError(
-                f"{need} examples per class are needed, but source '{source}' has only "
-                f"{total.min()} in its smallest class; {fix_need}"
-            )
-        return
-    origin = split["test_origin"]
-    others = [n for o, n in (sizes or {}).items() if o != origin]
-    if not sizes or not others or (origin and origin not in sizes):
-        return  # unknown counts, or the split job reports the origins there are
-    test = sizes[origin] if origin else None
-    table = example_pool_sizes(np.sum(others, axis=0), split["train"], split["val"], test)
-    for k, pool in enumerate(POOLS):
-        counts = table[:, k][table[:, k] > 0]
-        if pool == "val" and counts.size == 0:
-            continue  # no val pool: training runs without validation
-        if known is not None and way > counts.size * rot:
-            raise ConfigError(
-                f"{where}.episodes.way: {way} classes per episode, but pool '{pool}' will "
-                f"have only {counts.size * rot} classes; {fix_way}"
-            )
-        if counts.size and shot + query > counts.min():
-            why = (
-                f"origin '{origin}' (split.test_origin) gives"
-                if origin and pool == "test"
-                else f"split.train = {split['train']:g}, split.val = {split['val']:g} give"
-            )
-            raise ConfigError(
-                f"{need} examples per class are needed, but {why} some class only "
-                f"{counts.min()} in pool '{pool}'; {fix_need}, or change {where}.split"
-            )
+    check_split(where, ds)
+    check_episodes_fit(where, ds)
+    check_episode_table(where, ds)
 
 
 def load_config(path: str | os.PathLike[str], *, check_paths: bool = True) -> dict[str, Any]:

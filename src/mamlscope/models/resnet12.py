@@ -124,7 +124,7 @@ MODEL = ModelEntry(
         "properties": {
             "channels": {
                 "type": "array",
-                "items": {"type": "integer", "minimum": 1},
+                "items": {"type": "integer", "minimum": 1, "maximum": 4096},
                 "minItems": 4,
                 "maxItems": 4,
                 "default": CHANNELS_DEFAULT,

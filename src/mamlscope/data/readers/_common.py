@@ -56,12 +56,25 @@ def chosen_sets(
     return sets
 
 
-def missing_files(cfg: Mapping[str, Any], folders: list[Path], files: list[str]) -> DataError:
-    """The error for files a source needs that are not on disk (and will not be downloaded)."""
+def missing_files(
+    cfg: Mapping[str, Any], folders: list[Path], files: list[str], downloadable: bool = True
+) -> DataError:
+    """The error for files a source needs that are not on disk (and will not be downloaded).
+
+    The advice fits the case: "set download: true" only where it is false and a download
+    would fetch these files; otherwise where to put them (the folders, named, and whether
+    they exist at all).
+    """
     where = " or ".join(str(f) for f in folders)
+    if not any(f.is_dir() for f in folders):
+        where += " (no such folder)"
+    found = f"{cfg['source']}: did not find {', '.join(files)} in {where}"
+    if downloadable and not cfg["download"]:
+        return DataError(f"{found}; set download: true, or point `root` at a folder holding them")
+    why = "download is true, but" if cfg["download"] else "and"
     return DataError(
-        f"{cfg['source']}: did not find {', '.join(files)} in {where}; set download: true, "
-        "or point `root` at a folder holding them"
+        f"{found}; {why} these files are not downloaded automatically: put them in "
+        f"{folders[0]}, or point `root` at a folder holding them"
     )
 
 
