@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -126,3 +128,13 @@ def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     print(f"the tiny pipeline, report included: {time.perf_counter() - start:.1f} s")
     return folder
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """torch on one thread for a module (``pytestmark = pytest.mark.usefixtures(...)``): the
+    suite runs test files in parallel on few cores, where more threads only contend."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

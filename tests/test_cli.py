@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -23,12 +24,7 @@ from mamlscope.train import run_training
 CONSOLE_SCRIPT = Path(sys.executable).parent / "mamlscope"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -380,7 +376,14 @@ def test_a_label_the_maml_head_cannot_output(capsys, checkpoints, tables, tmp_pa
     """6-way episodes for a 5-way head; the baseline fits a 6-way head of its own."""
 
     def six_way(table):
-        return pd.concat([table, table[table["label"] == 0].assign(label=5)], ignore_index=True)
+        """Label 5: label 0's images inverted, new files (an episode repeats no image)."""
+        extra = table[table["label"] == 0].assign(label=5)
+        for image in extra["image"].unique():
+            with Image.open(tables["folder"] / image) as opened:
+                pixels = np.asarray(opened)
+            Image.fromarray(255 - pixels).save(tables["folder"] / f"{image}.inverted.png")
+        extra = extra.assign(image=extra["image"] + ".inverted.png")
+        return pd.concat([table, extra], ignore_index=True)
 
     path = edited_table(tables, tmp_path / "six-way.csv", six_way)
     result = evaluate(capsys, checkpoints["maml"]["path"], path)

@@ -26,12 +26,7 @@ from mamlscope.train import run_training
 METHODS = ("baseline", "maml", "fomaml")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def train(tiny: dict, folder, method: str, config: dict | None = None, **kw):

@@ -45,12 +45,7 @@ STANDARD = dict(
 META = [n for n in NAMES if method(n).is_meta]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- the declarations ----------------------------------------------------------------------

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from mamlscope.data import images
 from mamlscope.errors import DataError
 from mamlscope.io import atomic_path, md5sum
 
@@ -48,15 +49,6 @@ KNOWN_DECOMPRESSED_MD5: dict[str, str] = {
     "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
     "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
 }
-
-_IMAGE_ERRORS = (
-    OSError,
-    SyntaxError,
-    ValueError,
-    EOFError,
-    zlib.error,
-    Image.DecompressionBombError,
-)
 
 
 def _mismatch(what: str, expected: str, actual: str, source: str) -> DataError:
@@ -253,16 +245,12 @@ def tree_root(folder: Path, sets: list[str]) -> Path | None:
 
 
 def to_array(image: Image.Image, size: int, channels: int) -> np.ndarray:
-    """One PIL image as uint8 [C, size, size]: greyscale or RGB, resized with LANCZOS."""
-    mode = "L" if channels == 1 else "RGB"
-    if image.mode != mode:
-        # Mode "1" (Omniglot) and palettes go through L so bilevel pixels become 0/255.
-        image = image.convert("L") if image.mode in ("1", "I", "I;16", "F") else image
-        image = image.convert(mode)
-    if image.size != (size, size):  # LANCZOS both ways, as mamlscope.data.episode_table does
-        image = image.resize((size, size), Image.Resampling.LANCZOS)
-    arr = np.asarray(image, dtype=np.uint8)
-    return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
+    """One PIL image as uint8 [C, size, size]: `mamlscope.data.images.to_array`'s conversion.
+
+    Greyscale or RGB through `images.to_mode` (16-bit scaled, alpha on white, mode "1" as
+    0/255), LANCZOS-resized both ways, as `mamlscope.data.episode_table` reads its images.
+    """
+    return images.to_array(image, size, channels)
 
 
 def _workers() -> int:
@@ -305,6 +293,9 @@ def decode_images(
 ) -> np.ndarray:
     """Decode image files or bytes with PIL into uint8 [N, C, size, size]; `names` for errors.
 
+    Each goes through `mamlscope.data.images.read_pixels`: 16-bit and alpha images are
+    converted faithfully, an image too large or undecodable is a DataError naming it.
+
     Chunks of images go to a thread pool: PIL drops the GIL while decoding and resizing, which
     pays off for large images; for tiny ones (32x32 JPEG, ~0.1 ms each) PIL's own Python
     header parsing dominates, and chunking keeps our overhead to one loop step per image.
@@ -313,14 +304,11 @@ def decode_images(
     def fill(out: np.ndarray, start: int, stop: int) -> None:
         for i in range(start, stop):
             item = items[i]
-            try:
-                source = io.BytesIO(item) if isinstance(item, bytes) else item
-                with Image.open(source) as image:
-                    out[i] = to_array(image, size, channels)
-            except _IMAGE_ERRORS as exc:
-                raise DataError(f"{names[i]}: cannot decode image ({exc})") from exc
+            source = io.BytesIO(item) if isinstance(item, bytes) else item
+            out[i] = images.read_pixels(source, name=names[i], size=size, channels=channels)
 
-    return _run_chunks(len(items), (channels, size, size), fill, show_progress, desc)
+    with images.bomb_warnings_silenced():  # here, not in the threads: see its docstring
+        return _run_chunks(len(items), (channels, size, size), fill, show_progress, desc)
 
 
 def finish_arrays(

@@ -7,6 +7,7 @@ Images are read, resized and normalised as the checkpoint's training data was.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,8 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image, UnidentifiedImageError
 
+from mamlscope.data.images import bomb_warnings_silenced, read_pixels
 from mamlscope.data.tasks import normalize_batch
 from mamlscope.errors import DataError
 
@@ -24,6 +25,7 @@ COLUMNS = ("episode", "role", "image", "label")
 IMAGE_KEYS = ("image_size", "channels", "invert", "normalize.mean", "normalize.std")
 """Config keys (dotted) that `episode_batches` reads to prepare images as in training."""
 
+_REPEAT = "an episode must not repeat an image (a repeated support image is a free hit)"
 _LARGEST = 2**31  # beyond any real episode number or label; keeps int64 casts exact
 
 
@@ -33,7 +35,8 @@ def read_episode_table(path: str | os.PathLike[str], *, head: int | None = None)
     Every error is one line naming the file and, where there is one, the episode. ``head``:
     the number of outputs of a head the episodes must fit exactly (MAML adapts its own
     N-way head); None for a method that fits a fresh head per episode (the baseline).
-    Nothing here opens an image, so a bad table fails before any work is done.
+    No image is decoded here (files are only hashed where two in an episode have the same
+    size), so a bad table fails before any work is done.
     """
     path = Path(path)
     if path.is_dir():
@@ -79,7 +82,9 @@ def read_episode_table(path: str | os.PathLike[str], *, head: int | None = None)
     absent = [p for p in images if not os.path.isfile(p)]
     if absent:
         raise DataError(f"{path}: {len(absent)} image(s) not found, e.g. {absent[0]}")
-    return table.assign(image=images)
+    table = table.assign(image=images)
+    check_distinct_images(table, path)
+    return table
 
 
 def check_episodes(
@@ -154,6 +159,69 @@ def check_episodes(
     return first[1]
 
 
+def check_distinct_images(table: pd.DataFrame, source: str | os.PathLike[str]) -> None:
+    """No image twice within an episode, by path or by content, or a DataError naming both.
+
+    The pipeline draws an episode's images without replacement; a query that repeats a
+    support image would be a free hit (100% from a table of repeats). Paths are compared
+    resolved (links and ".."; case on Windows); files by the sha256 of their bytes, so a
+    copy, a hard link or another spelling on a case-blind disk counts too. Only files of
+    equal size within an episode are hashed, each file at most once, so a table of distinct
+    images costs about a stat per file (48,000 rows: 0.5 s, all 2,000 files hashed).
+    ``table``: `read_episode_table`'s, with existing image paths and a 0..n-1 index.
+    """
+    resolved: dict[str, str] = {}
+    sizes: dict[str, int] = {}
+    digests: dict[str, str] = {}
+
+    def real(image: str) -> str:
+        if image not in resolved:
+            resolved[image] = os.path.normcase(os.path.realpath(image))
+        return resolved[image]
+
+    def row(i: int) -> str:
+        return f"data row {i + 1} ({table['role'].iat[i]}, {table['image'].iat[i]})"
+
+    for episode, rows in table.groupby("episode", sort=True):
+        where = f"{source}: episode {episode}"
+        first: dict[str, int] = {}
+        for i, image in zip(rows.index, rows["image"], strict=True):
+            seen = first.setdefault(real(image), i)
+            if seen != i:
+                raise DataError(f"{where}: {row(seen)} and {row(i)} name the same file; {_REPEAT}")
+        by_size: dict[int, list[str]] = {}
+        for file in first:
+            if file not in sizes:
+                sizes[file] = _stat_size(file)
+            by_size.setdefault(sizes[file], []).append(file)
+        for files in by_size.values():
+            by_digest: dict[str, str] = {}
+            for file in files if len(files) > 1 else ():  # a lone size needs no hash
+                if file not in digests:
+                    digests[file] = _sha256(file)
+                twin = by_digest.setdefault(digests[file], file)
+                if twin != file:
+                    raise DataError(
+                        f"{where}: {row(first[twin])} and {row(first[file])} hold identical "
+                        f"bytes (a copy of one image); {_REPEAT}"
+                    )
+
+
+def _stat_size(file: str) -> int:
+    try:
+        return os.stat(file).st_size
+    except OSError as exc:
+        raise DataError(f"{file}: cannot read image ({exc})") from exc
+
+
+def _sha256(file: str) -> str:
+    try:
+        with open(file, "rb") as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+    except OSError as exc:
+        raise DataError(f"{file}: cannot read image ({exc})") from exc
+
+
 def _whole_numbers(
     table: pd.DataFrame, column: str, path: Path, what: str, *, low: int = -_LARGEST
 ) -> pd.Series:
@@ -186,16 +254,13 @@ def _shape(shape: tuple[int, int, int]) -> str:
 
 
 def load_image(path: str, *, size: int, channels: int, invert: bool) -> np.ndarray:
-    """One image file as uint8 [C, size, size], prepared as the training images were."""
-    try:
-        with Image.open(path) as opened:
-            img = opened.convert("L" if channels == 1 else "RGB")
-            if img.size != (size, size):
-                img = img.resize((size, size), Image.Resampling.LANCZOS)
-            array = np.asarray(img, dtype=np.uint8)
-    except (OSError, UnidentifiedImageError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from exc
-    array = array[None] if channels == 1 else array.transpose(2, 0, 1)
+    """One image file as uint8 [C, size, size], prepared as the training images were.
+
+    Read as the pipeline's folder readers read theirs (`mamlscope.data.images.read_pixels`:
+    16-bit scaled, alpha on white, too large or undecodable a DataError naming the file).
+    """
+    with bomb_warnings_silenced():
+        array = read_pixels(path, name=path, size=size, channels=channels)
     return 255 - array if invert else array
 
 

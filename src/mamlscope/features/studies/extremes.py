@@ -8,14 +8,18 @@ from pathlib import Path
 
 from PIL import Image
 
+from mamlscope.data.images import read_image
 from mamlscope.features.activations import layer_matrix
 from mamlscope.features.studies.base import FigureStudy, StudyContext
 from mamlscope.io import atomic_path
 
 
 def stack_vertically(pngs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]) -> None:
-    """One PNG of ``pngs`` stacked top to bottom, left-aligned on white (no resampling)."""
-    images = [Image.open(p).convert("RGB") for p in pngs]
+    """One PNG of ``pngs`` stacked top to bottom, left-aligned on white (no resampling).
+
+    A part that cannot be read (corrupt, truncated, too large) is a DataError naming it.
+    """
+    images = [read_image(p, "RGB") for p in pngs]
     canvas = Image.new(
         "RGB", (max(i.width for i in images), sum(i.height for i in images)), "white"
     )
