@@ -2,9 +2,8 @@
 
 from pathlib import Path
 
-import pandas as pd
-
 from mamlscope.data.splits import write_split
+from mamlscope.io import read_parquet
 from mamlscope.logs import logged
 from mamlscope.runtime import set_threads
 
@@ -13,7 +12,7 @@ with logged(sm.log[0]):
     set_threads(sm.threads)  # the rule's threads: for any numeric library it loads
     # write_split writes the split's folder whole (pools, episodes_val, episodes_test).
     write_split(
-        pd.read_parquet(sm.input.index),
+        read_parquet(sm.input.index),
         sm.params.split["split"],
         sm.params.split["episodes"],
         int(sm.params.split["split"]["seed"]),

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pandas as pd
@@ -286,7 +289,62 @@ def test_a_state_written_by_other_code_is_not_resumed(tiny_digits, tmp_path, mon
     assert run(tiny_digits, tmp_path, "maml", resume_every_steps=2).resumed_from == 0
 
 
-@pytest.mark.parametrize("damage", ["truncated", "empty", "garbage", "other format", "incomplete"])
+def flip_tensor_byte(path: Path) -> None:
+    """Flip one byte in the middle of the largest tensor record of a torch zip file: the
+    zip's headers and pickle stay intact, so only the values change."""
+    with zipfile.ZipFile(path) as archive:
+        record = max(
+            (i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size
+        )
+    data = bytearray(path.read_bytes())
+    local = record.header_offset
+    name_len, extra_len = struct.unpack("<HH", data[local + 26 : local + 30])
+    at = local + 30 + name_len + extra_len + record.file_size // 2
+    data[at] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def test_a_state_with_one_flipped_byte_is_discarded_with_one_warning(tmp_path, caplog):
+    path = tmp_path / ".resume" / "model.pt.state"
+    weights = {"w": torch.linspace(-1, 1, 4096), "b": torch.zeros(3, dtype=torch.int64)}
+    state = {
+        "model": weights,
+        "optimizer": {"state": {0: {"step": torch.tensor(3.0)}}},
+        "metrics": [(1, "train", 0.5, 0.25)],
+        "generator": torch.Generator().get_state(),
+    }
+    resume_module.Resume(path, key="k").save(7, state)
+    loaded = resume_module.Resume(path, key="k").load()
+    assert loaded is not None and loaded["step"] == 7  # an intact state is used
+    assert torch.equal(loaded["model"]["w"], weights["w"])
+    flip_tensor_byte(path)
+    damaged = torch.load(path, map_location="cpu", weights_only=True)  # torch loads it...
+    assert not torch.equal(damaged["model"]["w"], weights["w"])  # ...with other values
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mamlscope"):
+        assert resume_module.Resume(path, key="k").load() is None
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "\n" not in warnings[0].getMessage()
+    assert str(path) in warnings[0].getMessage() and "checksum" in warnings[0].getMessage()
+
+
+def test_the_checksum_sees_every_value_and_its_type():
+    base = {"format": RESUME_FORMAT, "a": torch.arange(4), "b": [1, 2.0, "x", None]}
+    digest = resume_module.state_digest(base)
+    assert resume_module.state_digest({**base, "sha256": "ignored"}) == digest
+    for changed in (
+        {"a": torch.arange(4).float()},  # same numbers, other dtype
+        {"a": torch.arange(4).reshape(2, 2)},
+        {"b": (1, 2.0, "x", None)},
+        {"b": [1, 2, "x", None]},
+        {"b": [1, 2.0, "x", 0]},
+    ):
+        assert resume_module.state_digest({**base, **changed}) != digest, changed
+
+
+@pytest.mark.parametrize(
+    "damage", ["truncated", "empty", "garbage", "other format", "incomplete", "flipped byte"]
+)
 @pytest.mark.slow
 def test_a_damaged_or_foreign_state_is_never_taken_for_a_good_one(
     tiny_digits, reference, tmp_path, monkeypatch, damage
@@ -303,6 +361,8 @@ def test_a_damaged_or_foreign_state_is_never_taken_for_a_good_one(
         state.write_bytes(b"")
     elif damage == "garbage":
         state.write_bytes(os.urandom(len(data)))
+    elif damage == "flipped byte":
+        flip_tensor_byte(state)
     else:
         payload = torch.load(state, map_location="cpu", weights_only=True)
         if damage == "other format":

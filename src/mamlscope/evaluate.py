@@ -29,7 +29,7 @@ from mamlscope.data.prepared import PreparedDataset
 from mamlscope.data.tasks import iterate_episodes
 from mamlscope.errors import ConfigError
 from mamlscope.finetune import Batch, evaluate_finetune, plain_accuracy
-from mamlscope.io import atomic_path
+from mamlscope.io import atomic_path, read_parquet
 from mamlscope.maml import adapt_and_predict
 from mamlscope.methods import method as lookup_method
 from mamlscope.methods.base import LEGACY_DEFAULTS
@@ -296,12 +296,12 @@ def run_evaluation(
         checkpoint=checkpoint, images=images, index=index, meta=meta, device=device, threads=threads
     )
     ckpt, data, torch_device = job.checkpoint, job.data, job.device
-    episodes = pd.read_parquet(test_episodes)
+    episodes = read_parquet(test_episodes)
     batches = job.episodes(episodes, settings)
     episode_ids = np.unique(episodes["episode"].to_numpy(np.int64)).tolist()  # sorted, as batched
     per_episode = evaluate_checkpoint_on(ckpt, batches, settings, episode_ids=episode_ids)
     accuracy = summarize(per_episode)
-    plain = _plain_test_accuracy(ckpt, data, pd.read_parquet(pools), job.pixels, torch_device)
+    plain = _plain_test_accuracy(ckpt, data, read_parquet(pools), job.pixels, torch_device)
     row: dict[str, Any] = {
         "dataset": dataset,
         "method": ckpt.method,

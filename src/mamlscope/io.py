@@ -15,6 +15,12 @@ window of one ``rename`` call, and the old folder is restored if the second rena
 A killed writer leaves its temporary folder behind; the next write of the same target
 deletes such ``.{name}.*`` siblings. A live writer holds an ``flock`` on its temporary
 folder, so a concurrent writer of the same target does not delete it.
+
+Reading: :func:`read_json` and :func:`read_parquet` turn every way a results file can be
+missing or damaged into one :class:`UnreadableFile` that names the file (the parser's own
+error kept as ``__cause__``): a bare ``JSONDecodeError`` or pyarrow's "magic bytes not
+found" says neither which file nor what to do. A figure that could not show its result
+carries a note beside it (:func:`write_note`, :func:`read_note`) that the report shows.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import contextlib
 import ctypes
 import errno
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -30,6 +37,12 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mamlscope.errors import DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 try:
     import fcntl
@@ -204,3 +217,66 @@ def md5sum(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
         while chunk := handle.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+class UnreadableFile(DataError):
+    """A file the library reads is missing, truncated or not what its name says; the
+    message names the file and what to do."""
+
+
+def _unreadable(path: Path, what: str, exc: BaseException) -> UnreadableFile:
+    if isinstance(exc, FileNotFoundError):
+        return UnreadableFile(f"{path} is missing: run the workflow (snakemake) that writes it")
+    return UnreadableFile(
+        f"{path} cannot be read as {what} ({type(exc).__name__}: {exc}); it is damaged or "
+        "was written by something else: delete it and run the workflow again to rewrite it"
+    )
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """The JSON value in ``path``; :class:`UnreadableFile` naming it when that fails."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _unreadable(path, "JSON", exc) from exc
+
+
+def read_parquet(path: str | os.PathLike[str], **kwargs: Any) -> pd.DataFrame:
+    """``pd.read_parquet(path, **kwargs)``; :class:`UnreadableFile` naming it when that fails."""
+    import pandas as pd  # imported here: the write helpers above need neither
+    import pyarrow as pa
+
+    path = Path(path)
+    try:
+        return pd.read_parquet(path, **kwargs)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise _unreadable(path, "a Parquet table", exc) from exc
+
+
+def note_path(artifact: str | os.PathLike[str]) -> Path:
+    """Where the note of ``artifact`` lies: ``{stem}.note.json`` beside it."""
+    artifact = Path(artifact)
+    return artifact.with_name(f"{artifact.stem}.note.json")
+
+
+def write_note(artifact: str | os.PathLike[str], message: str | None) -> None:
+    """Write why ``artifact`` shows no result beside it (atomically); None removes an old
+    note, so a rerun that succeeds leaves none behind."""
+    path = note_path(artifact)
+    if message is None:
+        path.unlink(missing_ok=True)
+        return
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps({"artifact": Path(artifact).name, "message": message}))
+
+
+def read_note(artifact: str | os.PathLike[str]) -> str | None:
+    """The note written beside ``artifact`` (:func:`write_note`), or None when it has none."""
+    path = note_path(artifact)
+    if not path.is_file():
+        return None
+    found = read_json(path)
+    if not isinstance(found, dict) or not isinstance(found.get("message"), str):
+        raise UnreadableFile(f"{path} holds no note (a 'message' string): delete it and rerun")
+    return found["message"]

@@ -7,6 +7,11 @@ run and the metrics so far. A job started again with the same training config, i
 code continues from it and ends with exactly the weights of an uninterrupted run;
 anything else starts over. The folder is not a declared output, so Snakemake's clean-up
 of a failed job leaves it; it is removed once the final checkpoint is written.
+
+A state carries a sha256 of its contents (``sha256``: every value, tensors by dtype, shape
+and bytes; :func:`state_digest`), checked before anything in it is trusted: torch's zip
+reader does not verify its CRCs, so a flipped byte in the tensor data otherwise loads
+silently and the run ends with other weights.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ log = logging.getLogger("mamlscope")
 RESUME_FORMAT = "mamlscope-resume/1"
 RESUME_DIR = ".resume"
 _RESUME_ENTRIES = ("format", "key", "complete", "step", "model", "optimizer", "rng", "metrics")
+CHECKSUM = "sha256"
 
 
 class TrainingInterrupted(MamlscopeError):
@@ -105,11 +111,61 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _feed(digest: Any, value: Any) -> None:
+    """Add ``value`` to ``digest`` with its type and, for containers, its length, so that
+    no two different states feed the same bytes."""
+    if isinstance(value, torch.Tensor):
+        t = value.detach().to("cpu").contiguous()
+        digest.update(f"T{t.dtype}{tuple(t.shape)};".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, Mapping):
+        digest.update(f"D{len(value)};".encode())
+        for k in sorted(value, key=repr):  # keys are str or int (optimizer state)
+            _feed(digest, k)
+            _feed(digest, value[k])
+    elif isinstance(value, list | tuple):
+        digest.update(f"{'L' if isinstance(value, list) else 'U'}{len(value)};".encode())
+        for item in value:
+            _feed(digest, item)
+    elif value is None or isinstance(value, bool):
+        digest.update(f"B{value};".encode())
+    elif isinstance(value, int | np.integer):
+        digest.update(f"I{int(value)};".encode())
+    elif isinstance(value, float | np.floating):
+        digest.update(f"F{float(value).hex()};".encode())
+    elif isinstance(value, str):
+        digest.update(f"S{len(value)};".encode() + value.encode())
+    elif isinstance(value, bytes):
+        digest.update(f"Y{len(value)};".encode() + value)
+    else:
+        raise TypeError(f"a resume state cannot hold a {type(value).__name__}: {value!r:.80}")
+
+
+def state_digest(payload: Mapping[str, Any]) -> str:
+    """The sha256 of every entry of a resume state but :data:`CHECKSUM` itself: tensors by
+    dtype, shape and bytes, containers and scalars by type and value. Computed from the
+    values, not the file's bytes, so it checks what training will read back."""
+    digest = hashlib.sha256()
+    _feed(digest, {k: v for k, v in payload.items() if k != CHECKSUM})
+    return digest.hexdigest()
+
+
 def _why_unfit(payload: Any, key: str) -> str | None:
     """Why a loaded resume state does not fit a run with ``key`` (None: it fits)."""
     if not isinstance(payload, dict) or payload.get("format") != RESUME_FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload)
         return f"its format is {found!r}, not {RESUME_FORMAT!r}"
+    if CHECKSUM not in payload:
+        return "it carries no checksum (written by an older version)"
+    try:
+        found = state_digest(payload)
+    except TypeError as exc:
+        return f"its contents cannot be checked ({exc})"
+    if found != payload[CHECKSUM]:
+        return (
+            f"its contents do not match its {CHECKSUM} checksum (the file is damaged: "
+            f"{str(payload[CHECKSUM])[:12]}... recorded, {found[:12]}... found)"
+        )
     missing = [entry for entry in _RESUME_ENTRIES if entry not in payload]
     if missing or payload["complete"] is not True:
         return f"it is incomplete (missing {missing or ['complete']})"
@@ -147,8 +203,9 @@ class Resume:
     def load(self) -> dict[str, Any] | None:
         """The saved state if there is one that fits this run, else None (and why, logged).
 
-        A state is used only if it loads, has this format, every entry, `complete` set
-        and this run's key. Writes go through `atomic_path`, so a kill while writing
+        A state is used only if it loads, has this format, its checksum matches its
+        contents (:func:`state_digest`), it has every entry, `complete` set and this run's
+        key. Writes go through `atomic_path`, so a kill while writing
         leaves the previous state (or none), never a partial file here.
         """
         if self.path is None:
@@ -159,7 +216,8 @@ class Resume:
         try:
             payload = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as exc:  # truncated, empty, foreign: torch raises several types
-            why: str | None = f"it does not load ({type(exc).__name__}: {exc})"
+            said = " ".join(str(exc).split())  # one log line: torch's messages span several
+            why: str | None = f"it does not load ({type(exc).__name__}: {said[:300]})"
         else:
             why = _why_unfit(payload, self.key)
         if why is not None:
@@ -185,6 +243,7 @@ class Resume:
         assert self.path is not None
         payload: dict[str, Any] = {"format": RESUME_FORMAT, "version": __version__}
         payload |= {"key": self.key, "step": step, **state, "rng": _rng_state(), "complete": True}
+        payload[CHECKSUM] = state_digest(payload)
         with atomic_path(self.path) as tmp:
             torch.save(payload, tmp)
         self.last_step, self.last_time = step, time.monotonic()

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from mamlscope.io import atomic_path
+from mamlscope.io import atomic_path, read_parquet
 from mamlscope.methods import rank
 
 
@@ -23,7 +23,7 @@ def gather_runs(
     baseline's statistics from training), ``transductive`` (MAML, the episode's queries
     together, as Finn et al.) or ``support`` (MAML, each query with the support set's).
     """
-    runs = pd.concat([pd.read_parquet(t) for t in tables], ignore_index=True)
+    runs = pd.concat([read_parquet(t) for t in tables], ignore_index=True)
     order = rank(runs["method"])  # methods in their declared display order
     runs = runs.sort_values(
         ["dataset", "method", "seed"], key=lambda c: c.map(order) if c.name == "method" else c

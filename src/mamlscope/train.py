@@ -30,7 +30,7 @@ from mamlscope.data.tasks import TaskSampler, configured_episodes, images_to_ten
 from mamlscope.errors import ConfigError
 from mamlscope.evaluate import evaluate_maml
 from mamlscope.finetune import plain_accuracy
-from mamlscope.io import atomic_path
+from mamlscope.io import atomic_path, read_parquet
 from mamlscope.maml.graph import load_optimizer_state, plan_training_step
 from mamlscope.methods import Method
 from mamlscope.methods import method as lookup_method
@@ -364,7 +364,7 @@ def run_training(
     set_threads(threads)
     torch_device = resolve_device(device)
     data = PreparedDataset.from_files(images, index, meta)
-    pool_table = pd.read_parquet(pools)
+    pool_table = read_parquet(pools)
     log.info("training %s on %s (seed %d, device %s)", method, images, seed, torch_device)
     cfg = dict(config)
     validation = [val_episodes] if declared.is_meta and val_episodes is not None else []
@@ -380,7 +380,8 @@ def run_training(
     with sigterm_saves(state):
         kw: dict[str, Any] = dict(seed=seed, device=torch_device, progress=progress, resume=state)
         if declared.is_meta:
-            val = pd.read_parquet(val_episodes)
+            assert val_episodes is not None  # refused above
+            val = read_parquet(val_episodes)
             result = train_maml(data, pool_table, val, cfg, method, **kw)
         else:
             result = train_baseline(data, pool_table, cfg, name=method, **kw)

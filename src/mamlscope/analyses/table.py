@@ -8,14 +8,13 @@ float32 numbers and the analyses' compare equal where they are the same computat
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from mamlscope.io import atomic_path
+from mamlscope.io import atomic_path, read_json, read_parquet
 
 # name -> dtype; the order is the column order of every table written.
 COLUMNS: dict[str, str] = {
@@ -119,7 +118,7 @@ def evaluation_rows(
 
 def episode_numbers(test_episodes: str | os.PathLike[str]) -> list[int]:
     """The numbers of the test episodes, ascending: the order evaluation feeds them in."""
-    table = pd.read_parquet(test_episodes, columns=["episode"])
+    table = read_parquet(test_episodes, columns=["episode"])
     return np.unique(table["episode"].to_numpy(np.int64)).tolist()
 
 
@@ -136,10 +135,10 @@ def gather_episodes(
     ``test_episodes`` and ``protocols`` by dataset name: the episode numbers the
     evaluation's per-episode list follows, and whether the test classes are unseen.
     """
-    frames = [pd.read_parquet(path) for path in analyses]
+    frames = [read_parquet(path) for path in analyses]
     ids = {name: episode_numbers(path) for name, path in test_episodes.items()}
     for path in evaluations:
-        summary = json.loads(open(path).read())
+        summary = read_json(path)
         dataset = str(summary["dataset"])
         if dataset not in ids or dataset not in protocols:
             raise ValueError(f"{path}: dataset {dataset!r} has no test episodes or protocol given")

@@ -31,7 +31,7 @@ from torch.func import vmap
 
 from mamlscope.evaluate import EvalSettings
 from mamlscope.features.extract import episode_activations
-from mamlscope.io import atomic_path
+from mamlscope.io import atomic_path, read_parquet
 from mamlscope.maml import adapt
 from mamlscope.methods import Method
 from mamlscope.similarity import linear_cka
@@ -217,7 +217,7 @@ def gather_training_cka(
     paths: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]
 ) -> pd.DataFrame:
     """Every run's CKA over training in one table (:data:`COLUMNS`), written to ``out``."""
-    frames = [pd.read_parquet(path) for path in paths]
+    frames = [read_parquet(path) for path in paths]
     frames = [f for f in frames if len(f)] or [empty_table()]
     table = typed(pd.concat(frames, ignore_index=True))
     write_table(table, out)

@@ -50,7 +50,7 @@ from torch.func import functional_call
 
 from mamlscope import models
 from mamlscope.errors import ConfigError, DataError
-from mamlscope.io import atomic_path
+from mamlscope.io import atomic_path, read_parquet
 
 STAGES = ("meta", "adapted")
 COLUMNS = ("example_id", "label", "stage", "episode", "layer", "values")
@@ -246,8 +246,8 @@ def read_activations(path: str | os.PathLike[str], layer: str | None = None) -> 
         stored = list(dict.fromkeys(pq.read_table(path, columns=["layer"])["layer"].to_pylist()))
         if layer not in stored:
             raise ConfigError(f"layer {layer!r} is not in {os.fspath(path)}; it holds {stored}")
-        return pd.read_parquet(path, filters=[("layer", "==", layer)])
-    return pd.read_parquet(path)
+        return read_parquet(path, filters=[("layer", "==", layer)])
+    return read_parquet(path)
 
 
 class LayerMatrix(NamedTuple):

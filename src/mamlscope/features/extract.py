@@ -37,7 +37,7 @@ from mamlscope.features.activations import (
 )
 from mamlscope.features.probe import choose_probe
 from mamlscope.finetune import features_of, fit_heads
-from mamlscope.io import atomic_path
+from mamlscope.io import atomic_path, read_parquet
 from mamlscope.maml import adapt
 from mamlscope.model_job import open_model_job
 from mamlscope.models import statistics_from_first
@@ -56,7 +56,7 @@ def write_probe(
 ) -> pd.DataFrame:
     """Choose ``images`` meta-test images, class-balanced (all of them if the pool is
     smaller), and write ``example_id, class_id`` to ``out``."""
-    index_df, pools_df = pd.read_parquet(index), pd.read_parquet(pools)
+    index_df, pools_df = read_parquet(index), read_parquet(pools)
     available = len(pool_ids(pools_df, "test"))
     if images > available:
         log.info(
@@ -131,7 +131,7 @@ def extract_activations(
     # Meta-learned models use batch statistics (the BatchNorm policy), others running ones.
     model, maml = ckpt.model, method.is_meta
 
-    probe_df = pd.read_parquet(probe)
+    probe_df = read_parquet(probe)
     ids = probe_df["example_id"].to_numpy(np.int64)
     frames = [
         activations_frame(
@@ -141,7 +141,7 @@ def extract_activations(
     params = {k: p.detach() for k, p in model.named_parameters()}
     adapted_names = method.adapted(model)  # what its inner loop adapts (None: every weight)
     buffers = {k: b.detach() for k, b in model.named_buffers()}
-    for episode, rows in _episode_rows(pd.read_parquet(test_episodes), adapt_episodes):
+    for episode, rows in _episode_rows(read_parquet(test_episodes), adapt_episodes):
         support, query = rows[~rows["is_query"]], rows[rows["is_query"]]
         support_x = batch(support["example_id"].to_numpy(np.int64))
         query_x = batch(query["example_id"].to_numpy(np.int64))

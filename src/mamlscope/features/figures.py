@@ -24,29 +24,14 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 from torch import nn
 
-from mamlscope.features.embedding import embed
-from mamlscope.features.saliency import saliency_maps
-from mamlscope.io import atomic_path
+from mamlscope.features.embedding import embed as embed  # re-exported
+from mamlscope.features.saliency import saliency_maps as saliency_maps  # re-exported
+from mamlscope.io import UnreadableFile, atomic_path, write_note
 from mamlscope.methods import ordered
 from mamlscope.models import first_layer
 
 if TYPE_CHECKING:
     from matplotlib.typing import RcKeyType  # matplotlib >= 3.10: the rc keys' names
-
-__all__ = [
-    "DPI",
-    "plot_cka",
-    "embed",
-    "plot_embedding",
-    "plot_extreme_examples",
-    "plot_first_layer_filters",
-    "plot_images",
-    "plot_saliency",
-    "plot_training_curves",
-    "saliency_maps",
-    "save",
-    "side_by_side",
-]
 
 DPI = 100
 DIVERGING = "RdBu_r"  # weights: red positive, blue negative, white 0
@@ -77,10 +62,12 @@ def _styled(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-def save(fig: Figure, path: str | os.PathLike[str]) -> None:
-    """Write ``fig`` as PNG at :data:`DPI`, atomically (no half-written figure on failure)."""
+def save(fig: Figure, path: str | os.PathLike[str], note: str | None = None) -> None:
+    """Write ``fig`` as PNG at :data:`DPI`, atomically (no half-written figure on failure),
+    and ``note`` beside it for the report: why it shows no result (None: no note)."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=DPI, format="png")
+    write_note(path, note)
 
 
 def _numpy(a: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -167,6 +154,18 @@ def plot_first_layer_filters(
         ax.set_title(
             f"{n} first-layer filters" + (f", {channels} channels" if channels > 1 else "")
         )
+    _bare(ax)
+    fig.suptitle(title)
+    return fig
+
+
+@_styled
+def plot_message(message: str, title: str, figsize: tuple[float, float] = (6.4, 5.6)) -> Figure:
+    """A panel that says why a study has no picture (e.g. collapsed features), sized as
+    the figure it stands in for, so the methods still line up side by side."""
+    fig = Figure(figsize=figsize, layout="constrained")
+    ax = fig.add_subplot()
+    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, transform=ax.transAxes)
     _bare(ax)
     fig.suptitle(title)
     return fig
@@ -374,7 +373,12 @@ def side_by_side(
 
     if len(pngs) != len(titles) or not pngs:
         raise ValueError(f"need one title per PNG; got {len(pngs)} PNGs, {len(titles)} titles")
-    panels = [mpimg.imread(os.fspath(p)) for p in pngs]
+    panels = []
+    for p in pngs:
+        try:
+            panels.append(mpimg.imread(os.fspath(p)))
+        except (OSError, ValueError, SyntaxError) as exc:  # Pillow: truncated, not a PNG
+            raise UnreadableFile(f"{p} is not a readable PNG ({exc}): rerun its job") from exc
     band = 30 * (1 + (title is not None))  # pixels for the titles
     width = sum(p.shape[1] for p in panels)
     height = max(p.shape[0] for p in panels) + band

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from mamlscope.features import figures
 from mamlscope.features.activations import read_activations
 from mamlscope.features.studies import FigureStudy, StudyContext, studies, study
+from mamlscope.io import read_parquet
 from mamlscope.methods import label as method_label
 from mamlscope.methods import ordered
 from mamlscope.model_job import ModelJob, open_model_job
@@ -56,7 +56,7 @@ def study_context(
 ) -> StudyContext:
     """What every study of ``job``'s model reads: the probe images (raw and normalised),
     the activations, the training metrics and ``features`` with its neurons chosen."""
-    probe_df = pd.read_parquet(probe)
+    probe_df = read_parquet(probe)
     ids = probe_df["example_id"].to_numpy(np.int64)
     return StudyContext(
         job=job,
@@ -64,7 +64,7 @@ def study_context(
         pixels=job.data.images[ids],  # uint8 [P, C, H, W]
         images=job.images(ids),  # [P, C, H, W], normalised
         activations=read_activations(activations),
-        metrics=pd.read_parquet(metrics),
+        metrics=read_parquet(metrics),
         features={**features, "neurons": chosen_neurons(job.model, features["neurons"])},
         title=title,
     )

@@ -123,7 +123,9 @@ def _eval_modes(results: Results, dataset: str) -> dict[str, str]:
 def _missing_note(empty: list[str], dropped: int) -> str:
     note = f" No accuracy for {', '.join(empty)}: left out." if empty else ""
     if dropped:
-        note += f" {dropped} episode rows with a missing accuracy left out."
+        note += (
+            f" {dropped} episode row{'s' if dropped != 1 else ''} with a missing accuracy left out."
+        )
     return note
 
 

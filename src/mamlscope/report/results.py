@@ -15,15 +15,15 @@ those of the pooled episodes (:func:`mamlscope.evaluate.summarize`, the same for
 single run's). The interval so reflects episode-to-episode variation over all seeds' test
 episodes, not that a new training seed moves a model's accuracy; the interval over seeds
 (Student t over the per-seed means, :func:`mamlscope.stats.seed_interval`) stands beside
-it, with the per-seed means.
+it, with the per-seed means. A NaN accuracy is missing, never a number (report.cells);
+the findings compare only episodes every method has.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,9 @@ import pandas as pd
 from mamlscope.data.lookup import pool_ids
 from mamlscope.errors import DataError
 from mamlscope.evaluate import summarize
+from mamlscope.io import read_json, read_parquet
 from mamlscope.methods import method as lookup_method
+from mamlscope.report.cells import accuracy_cell, over_seeds, pct, plain_cells, seed_cells
 from mamlscope.stats import seed_interval
 
 # The seed project's reference point for standard training (its README): plain test accuracy
@@ -100,12 +102,27 @@ def _need(path: Path) -> Path:
     return path
 
 
+def per_episode(path: Path) -> np.ndarray:
+    """An ``evaluation.json``'s per-episode accuracies (null or NaN: missing, kept as NaN);
+    a file without a list of numbers there is refused by name."""
+    summary = read_json(path)
+    found = summary.get("per_episode") if isinstance(summary, dict) else None
+    bad = DataError(f"{path}: 'per_episode' is not a list of accuracies: evaluate again")
+    try:
+        acc = np.asarray([math.nan if v is None else v for v in found or ()], dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise bad from exc
+    if not isinstance(found, list) or acc.ndim != 1 or not acc.size:
+        raise bad
+    return acc
+
+
 def load_analyses(path: Path, config: Mapping[str, Any]) -> pd.DataFrame:
     """``episodes.parquet``'s rows of the config's datasets, methods and seeds; empty when
     the file is missing. A file without the contract's columns is refused by name."""
     if not path.is_file():
         return empty_analyses()
-    table = pd.read_parquet(path)
+    table = read_parquet(path)
     missing = [c for c in ANALYSES_COLUMNS if c not in table.columns]
     if missing:
         raise DataError(f"{path} lacks the columns {missing}: gather the episodes again")
@@ -126,22 +143,21 @@ def load_results(results: str | os.PathLike[str], config: Mapping[str, Any]) -> 
     """
     root = Path(results)
     config = dict(config)
-    runs = pd.read_parquet(_need(root / "runs.parquet"))
+    runs = read_parquet(_need(root / "runs.parquet"))
     episode_parts, metric_parts, train_images = [], [], {}
     for dataset in config["datasets"]:
-        pools = pd.read_parquet(_need(root / dataset / "split" / "pools.parquet"))
+        pools = read_parquet(_need(root / dataset / "split" / "pools.parquet"))
         for seed in (int(s) for s in config["seeds"]):
             train_images[(dataset, seed)] = len(pool_ids(pools, "train"))
             for method in config["methods"]:
                 folder = run_dir(root, dataset, method, seed)
-                summary = json.loads(_need(folder / "evaluation.json").read_text())
-                acc = np.asarray(summary["per_episode"], dtype=np.float64)
+                acc = per_episode(_need(folder / "evaluation.json"))
                 episode_parts.append(
                     pd.DataFrame(
                         dict(dataset=dataset, method=method, seed=seed, episode=np.arange(acc.size))
                     ).assign(accuracy=acc)
                 )
-                m = pd.read_parquet(_need(folder / "metrics.parquet"))
+                m = read_parquet(_need(folder / "metrics.parquet"))
                 m = m[["step", "phase", "loss", "accuracy"]]
                 metric_parts.append(m.assign(dataset=dataset, method=method, seed=seed))
     return Results(
@@ -158,10 +174,11 @@ def load_results(results: str | os.PathLike[str], config: Mapping[str, Any]) -> 
 def pooled_accuracy(results: Results) -> pd.DataFrame:
     """One row per (dataset, method): seeds pooled per episode (module docstring).
 
-    Columns: dataset, method, seeds, episodes, mean, ci95, low, high, seed_means (list, in
-    seed order), seed_low, seed_high (the 95% Student t interval over the seed means; NaN
-    with one seed), batchnorm, way, shot, plain (mean plain test accuracy over seeds, NaN
-    when the test pool has no classes of the training pool), plain_seeds (list).
+    Columns: dataset, method, seeds, episodes, missing (episodes without accuracy), mean,
+    ci95, low, high (over the episodes with one; NaN: none), seed_means (list in seed
+    order; NaN: none), seed_missing (list), seed_low, seed_high (the 95% Student t interval
+    over the seed means; NaN with one seed), batchnorm, way, shot, plain (mean plain test
+    accuracy over seeds, NaN when the test pool has no training class), plain_seeds (list).
     """
     rows = []
     runs = results.runs
@@ -170,9 +187,12 @@ def pooled_accuracy(results: Results) -> pd.DataFrame:
             eps = results.episodes[
                 (results.episodes["dataset"] == dataset) & (results.episodes["method"] == method)
             ]
-            acc = summarize(eps["accuracy"])
-            seed_means = [float(g["accuracy"].mean()) for _, g in eps.groupby("seed", sort=True)]
-            over_seeds = seed_interval(seed_means)
+            values = eps["accuracy"].to_numpy(np.float64)
+            found = values[np.isfinite(values)]
+            acc = summarize(found) if found.size else None
+            by_seed = list(eps.groupby("seed", sort=True)["accuracy"])
+            seed_means = [float(g.mean()) for _, g in by_seed]  # NaN: that seed has none
+            over_seeds = seed_interval(seed_means)  # over the seeds that have a mean
             own = runs[(runs["dataset"] == dataset) & (runs["method"] == method)].sort_values(
                 "seed"
             )
@@ -182,12 +202,14 @@ def pooled_accuracy(results: Results) -> pd.DataFrame:
                     dataset=dataset,
                     method=method,
                     seeds=int(eps["seed"].nunique()),
-                    episodes=acc.episodes,
-                    mean=acc.mean,
-                    ci95=acc.ci95,
-                    low=acc.mean - acc.ci95,
-                    high=acc.mean + acc.ci95,
+                    episodes=int(values.size),
+                    missing=int(values.size - found.size),
+                    mean=acc.mean if acc else math.nan,
+                    ci95=acc.ci95 if acc else math.nan,
+                    low=acc.mean - acc.ci95 if acc else math.nan,
+                    high=acc.mean + acc.ci95 if acc else math.nan,
                     seed_means=seed_means,
+                    seed_missing=[int(g.isna().sum()) for _, g in by_seed],
                     seed_low=over_seeds.low,
                     seed_high=over_seeds.high,
                     batchnorm=", ".join(sorted(own["batchnorm"].astype(str).unique())),
@@ -198,11 +220,6 @@ def pooled_accuracy(results: Results) -> pd.DataFrame:
                 )
             )
     return pd.DataFrame(rows)
-
-
-def pct(x: float, digits: int = 2) -> str:
-    """``0.9671`` -> ``"96.71%"``; NaN -> ``""``."""
-    return "" if x is None or not np.isfinite(x) else f"{100 * x:.{digits}f}%"
 
 
 def accuracy_table(results: Results) -> pd.DataFrame:
@@ -227,8 +244,7 @@ def accuracy_table(results: Results) -> pd.DataFrame:
                 for s, e in zip(pooled["seeds"], pooled["episodes"], strict=True)
             ],
             "accuracy (95% CI)": [
-                f"{100 * m:.2f} ± {100 * c:.2f}%"
-                for m, c in zip(pooled["mean"], pooled["ci95"], strict=True)
+                accuracy_cell(r.mean, r.ci95, r.missing, r.episodes) for r in pooled.itertuples()
             ],
             "across seeds (95% CI)": [
                 over_seeds(m, lo, hi)
@@ -236,9 +252,12 @@ def accuracy_table(results: Results) -> pd.DataFrame:
                     pooled["seed_means"], pooled["seed_low"], pooled["seed_high"], strict=True
                 )
             ],
-            "per seed": [", ".join(pct(v) for v in s) for s in pooled["seed_means"]],
+            "per seed": [
+                seed_cells(m, k)
+                for m, k in zip(pooled["seed_means"], pooled["seed_missing"], strict=True)
+            ],
             "plain test accuracy": [
-                "" if not np.isfinite(p) else f"{pct(p)} ({', '.join(pct(v, 1) for v in ps)})"
+                "" if not np.isfinite(p) else f"{pct(p)} ({plain_cells(ps, 1)})"
                 for p, ps in zip(pooled["plain"], pooled["plain_seeds"], strict=True)
             ],
             "seed's reference": [
@@ -250,13 +269,6 @@ def accuracy_table(results: Results) -> pd.DataFrame:
         }
     )
     return out
-
-
-def over_seeds(means: Sequence[float], low: float, high: float) -> str:
-    """The mean of the seed means ± the half width of their t interval; one seed: none."""
-    if not (np.isfinite(low) and np.isfinite(high)):
-        return "one seed: no interval" if len(means) == 1 else ""
-    return f"{100 * np.mean(means):.2f} ± {100 * (high - low) / 2:.2f}%"
 
 
 def reference_note(results: Results) -> str:
@@ -282,11 +294,14 @@ def reference_note(results: Results) -> str:
     for dataset in results.datasets:
         ds = results.config["datasets"][dataset]
         row = pooled.loc[(dataset, method)]
-        if ds["source"] not in MNIST_SOURCES or not np.isfinite(row["plain"]):
-            lines.append(
-                f"- **{dataset}** ({ds['source']}): not MNIST with a shared-class test pool, "
-                "so the reference does not apply."
-            )
+        if ds["source"] not in MNIST_SOURCES or ds["split"]["protocol"] == "classes":
+            why = "not MNIST with a shared-class test pool, so the reference does not apply"
+        elif not np.isfinite(row["plain"]):
+            why = f"{method}'s plain test accuracy is missing, so it is not compared with it"
+        else:
+            why = ""
+        if why:
+            lines.append(f"- **{dataset}** ({ds['source']}): {why}.")
             continue
         n = int(np.mean([results.train_images[(dataset, s)] for s in results.seeds]))
         base = ds[lookup_method(method).section]
@@ -303,9 +318,14 @@ def reference_note(results: Results) -> str:
             else "a different setting (" + ", ".join(differ) + ")"
         )
         gap = 100 * (ref["accuracy"] - row["plain"])
+        have = int(np.isfinite(row["plain_seeds"]).sum())
+        lacking = len(row["plain_seeds"]) - have
+        seeds = ("1 seed" if have == 1 else f"mean of {have} seeds") + (
+            f"; {lacking} of {have + lacking} seeds missing" if lacking else ""
+        )
         sentence = (
             f"- **{dataset}**: {method} reaches {pct(row['plain'])} plain test accuracy "
-            f"({'1 seed' if row['seeds'] == 1 else f'mean of {row.seeds} seeds'}), "
+            f"({seeds}), "
             f"{abs(gap):.2f} points "
             f"{'below' if gap > 0 else 'above'} the reference, with {setting} but "
             f"{n:,} training images instead of {ref['train_images']:,}"

@@ -31,7 +31,8 @@ from mamlscope import __version__
 from mamlscope.errors import DataError, MamlscopeError
 from mamlscope.methods import label as method_label
 from mamlscope.report.analyses import fmt_difference, like_for_like_of, verdicts_of
-from mamlscope.report.results import Results, over_seeds, pct, pooled_accuracy
+from mamlscope.report.cells import accuracy_cell, over_seeds, pct, plain_cells, seed_cells
+from mamlscope.report.results import Results, pooled_accuracy
 from mamlscope.report.verdicts import classes_of
 from mamlscope.runtime import cpu_model
 
@@ -176,8 +177,7 @@ def accuracy_tables(results: Results) -> str:
                 "test classes": classes,
                 "BatchNorm at test": rows["batchnorm"],
                 "accuracy, pooled (95% CI)": [
-                    f"{100 * m:.2f} ± {100 * c:.2f}%"
-                    for m, c in zip(rows["mean"], rows["ci95"], strict=True)
+                    accuracy_cell(r.mean, r.ci95, r.missing, r.episodes) for r in rows.itertuples()
                 ],
                 "across seeds (95% t)": [
                     over_seeds(s, lo, hi)
@@ -185,10 +185,11 @@ def accuracy_tables(results: Results) -> str:
                         rows["seed_means"], rows["seed_low"], rows["seed_high"], strict=True
                     )
                 ],
-                "per seed": [", ".join(pct(v) for v in s) for s in rows["seed_means"]],
-                "plain test accuracy, per seed": [
-                    ", ".join(pct(v) for v in p if math.isfinite(v)) for p in rows["plain_seeds"]
+                "per seed": [
+                    seed_cells(m, k)
+                    for m, k in zip(rows["seed_means"], rows["seed_missing"], strict=True)
                 ],
+                "plain test accuracy, per seed": [plain_cells(p) for p in rows["plain_seeds"]],
             }
         )
         parts.append(markdown_table(table))

@@ -135,8 +135,14 @@ def feature_studies(results: Results) -> None:
         found = studies.study_files(
             results.root, study.key, results.datasets, results.methods, results.seeds
         )
+        notes = studies.study_notes(
+            results.root, study.key, results.datasets, results.methods, results.seeds
+        )
         for (dataset, seed), files in found.items():
-            _figures_or_note(files, f"{study.title}, {dataset}, seed {seed}")
+            what = f"{study.title}, {dataset}, seed {seed}"
+            _figures_or_note(files, what)
+            for method, note in notes.get((dataset, seed), []):
+                markdown(f"*{what}: no result for {method}. {note}*")
 
 
 def cka(results: Results) -> None:

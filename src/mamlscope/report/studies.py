@@ -6,6 +6,8 @@ rest, so it works with or without them. Which figure studies there are, and thei
 and captions, is the study registry's word (:mod:`mamlscope.features.studies`)::
 
     {results}/{dataset}/{method}/seed{seed}/figures/{study}.png    one model
+    {results}/{dataset}/{method}/seed{seed}/figures/{study}.note.json  why that figure
+        shows no result (e.g. t-SNE of collapsed features), when it does not
     {results}/{dataset}/compare/seed{seed}/{study}.png             the methods side by side
     {results}/{dataset}/compare/seed{seed}/cka.parquet             dataset, seed, model_a,
         model_b, layer_a, layer_b, stage ('meta': the reference model against each other
@@ -28,6 +30,7 @@ import pandas as pd
 from mamlscope.features.cka_study import COLUMNS as CKA_COLUMNS
 from mamlscope.features.studies import FigureStudy, study
 from mamlscope.features.studies import studies as registered_studies
+from mamlscope.io import read_note, read_parquet
 
 # The figure study the report shows in its training section, beside its own curves.
 CURVES = "curves"
@@ -111,16 +114,33 @@ def study_files(
     return out
 
 
+def study_notes(
+    results: str | os.PathLike[str],
+    key: str,
+    datasets: Sequence[str],
+    methods: Sequence[str],
+    seeds: Sequence[int],
+) -> dict[tuple[str, int], list[tuple[str, str]]]:
+    """Why a method's figure of one study shows no result, by (dataset, seed):
+    ``[(method, message), ...]`` from the notes the figure job wrote beside the figures
+    (:func:`mamlscope.io.write_note`); only the (dataset, seed) pairs that have one."""
+    out: dict[tuple[str, int], list[tuple[str, str]]] = {}
+    for dataset in datasets:
+        for seed in seeds:
+            for method in methods:
+                note = read_note(model_figure(results, dataset, method, seed, key))
+                if note is not None:
+                    out.setdefault((dataset, seed), []).append((method, note))
+    return out
+
+
 def cka_table(
     results: str | os.PathLike[str], datasets: Sequence[str], seeds: Sequence[int]
 ) -> pd.DataFrame:
     """Every ``cka.parquet`` of the run in one table (empty, with the columns, when none)."""
     columns = list(CKA_COLUMNS)
     parts = [
-        pd.read_parquet(p)
-        for d in datasets
-        for s in seeds
-        if (p := cka_file(results, d, s)).is_file()
+        read_parquet(p) for d in datasets for s in seeds if (p := cka_file(results, d, s)).is_file()
     ]
     if not parts:
         return pd.DataFrame(columns=columns)

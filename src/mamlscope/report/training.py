@@ -29,6 +29,7 @@ from matplotlib.figure import Figure
 from mamlscope.analyses.training_cka import COLUMNS as CKA_COLUMNS
 from mamlscope.analyses.training_cka import empty_table
 from mamlscope.features.cka_study import CONFIDENCE, mean_interval
+from mamlscope.io import read_parquet
 from mamlscope.methods import label as method_label
 from mamlscope.methods import method as lookup_method
 from mamlscope.methods import ordered
@@ -245,7 +246,7 @@ def load_training_cka(results: Results) -> pd.DataFrame:
     path = Path(results.root) / TRAINING_CKA
     if not path.is_file():
         return empty_table()
-    table = pd.read_parquet(path)
+    table = read_parquet(path)
     missing = [c for c in CKA_COLUMNS if c not in table.columns]
     if missing:
         raise ValueError(f"{path} lacks the columns {missing}: run the analyses again")
