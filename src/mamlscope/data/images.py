@@ -11,6 +11,7 @@ decompression-bomb check raises an error that names no file, or only warns.
 from __future__ import annotations
 
 import os
+import re
 import warnings
 import zlib
 from collections.abc import Iterator
@@ -63,7 +64,10 @@ def open_image(source: Source, *, name: str | os.PathLike[str]) -> Iterator[Imag
     try:
         image = Image.open(source)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise _too_large(name, f"more than {2 * (limit or 0)} pixels") from exc
+        # Pillow's message holds the claimed size: "Image size (N pixels) exceeds limit ..."
+        claimed = re.search(r"\((\d+) pixels\)", str(exc))
+        claim = f"{claimed[1]} pixels" if claimed else f"more than {2 * (limit or 0)} pixels"
+        raise _too_large(name, claim) from exc
     except IMAGE_ERRORS as exc:
         raise DataError(f"{name}: cannot read image ({exc})") from exc
     with image:
