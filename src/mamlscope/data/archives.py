@@ -23,6 +23,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from mamlscope.data import images
+from mamlscope.data.images import to_array
 from mamlscope.errors import DataError
 from mamlscope.io import atomic_path, md5sum
 
@@ -242,15 +243,6 @@ def tree_root(folder: Path, sets: list[str]) -> Path | None:
         if all((candidate / s).is_dir() for s in sets):
             return candidate
     return None
-
-
-def to_array(image: Image.Image, size: int, channels: int) -> np.ndarray:
-    """One PIL image as uint8 [C, size, size]: `mamlscope.data.images.to_array`'s conversion.
-
-    Greyscale or RGB through `images.to_mode` (16-bit scaled, alpha on white, mode "1" as
-    0/255), LANCZOS-resized both ways, as `mamlscope.data.episode_table` reads its images.
-    """
-    return images.to_array(image, size, channels)
 
 
 def _workers() -> int:
