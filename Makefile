@@ -6,7 +6,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= all
 
-.PHONY: run test test-fast typecheck test-slurm dry-run benchmark time-workflow results-doc clean
+.PHONY: run test test-fast typecheck test-slurm dry-run benchmark time-workflow results-doc clean \
+	clean-all
 
 # --no-compile: byte-compiling every installed module (torch's thousands) costs over a
 # minute on 2 cores; the modules the jobs import compile on first use instead, as Python
@@ -19,10 +20,10 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-compile -e '.[test,report]'
 	touch $@
 
-# Ends with the report: results/report/report.html (papermill, then nbconvert).
+# Ends with the report: results/default/report/report.html (papermill, then nbconvert).
 run: $(BIN)/.installed
 	$(BIN)/snakemake --cores $(CORES)
-	@echo "The report: $(CURDIR)/results/report/report.html"
+	@echo "The report: $(CURDIR)/results/default/report/report.html"
 
 dry-run: $(BIN)/.installed
 	$(BIN)/snakemake -n
@@ -64,10 +65,11 @@ time-workflow: $(BIN)/.installed
 
 # The printed numbers of the docs, written from results trees instead of typed: the `default`
 # blocks of docs/results.md (accuracy, verdicts, like for like) and README.md (accuracy only)
-# from ./results and config.yaml, each with the CPU model, torch and commit that made them.
-# RESULTS_OMNIGLOT=<a results tree of config/omniglot-small.yaml> also writes docs/results.md's
-# `omniglot-small` block. Run it after `make run`; it prints what each block replaced.
-RESULTS ?= results
+# from results/default (config.yaml's experiment), each with the CPU model, torch and commit
+# that made them. RESULTS_OMNIGLOT=results/omniglot-small (the tree of
+# config/omniglot-small.yaml) also writes docs/results.md's `omniglot-small` block. Run it
+# after `make run`; it prints what each block replaced.
+RESULTS ?= results/default
 RESULTS_OMNIGLOT ?=
 results-doc: $(BIN)/.installed
 	$(BIN)/mamlscope results-doc $(RESULTS) --config config.yaml --doc docs/results.md --name default
@@ -76,5 +78,11 @@ results-doc: $(BIN)/.installed
 	$(if $(RESULTS_OMNIGLOT),$(BIN)/mamlscope results-doc $(RESULTS_OMNIGLOT) \
 		--config config/omniglot-small.yaml --doc docs/results.md --name omniglot-small)
 
+# `make clean` removes one experiment's results (EXPERIMENT=omniglot-small for another) and
+# leaves the others; `make clean-all` removes every experiment and Snakemake's records.
+EXPERIMENT ?= default
 clean:
+	rm -rf results/$(EXPERIMENT)
+
+clean-all:
 	rm -rf results .snakemake

@@ -6,14 +6,16 @@ min_version("9.0")
 
 
 # config.yaml is the default experiment; `--configfile other.yaml` replaces it whole
-# (Snakemake would otherwise merge the two and run both experiments' datasets).
+# (Snakemake would otherwise merge the two and run both experiments' datasets). Each
+# experiment writes under results/<its `experiment` key>/ (rules/common.smk), so they live
+# side by side.
 if not workflow.overwrite_configfiles:
 
     configfile: "config.yaml"
 
 
-# `snakemake --report results/report.zip`: Snakemake's own report (rules mark their
-# outputs with report()); the notebook report is results/report/report.html.
+# `snakemake --report results/default/report.zip`: Snakemake's own report (rules mark their
+# outputs with report()); the notebook report is results/<experiment>/report/report.html.
 report: "report/workflow.rst"
 
 

@@ -52,7 +52,7 @@ def modes_table(config: dict, results: Path) -> pd.DataFrame:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--configfile", required=True)
-    parser.add_argument("--results", default="results")
+    parser.add_argument("--results", default="results/default")
     args = parser.parse_args()
     table = modes_table(load_config(args.configfile, check_paths=False), Path(args.results))
     print()

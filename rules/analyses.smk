@@ -1,8 +1,11 @@
 # Accuracy-based analyses of every trained model on the fixed test episodes (layer freezing,
 # inner-steps sweep, nearest centroid, fresh head), each training snapshot's layer freezing,
 # and one long per-episode table of them all beside each run's own evaluation:
-# results/episodes.parquet. Per-episode CKA before/after adaptation at each snapshot:
-# results/training_cka.parquet.
+# results/<experiment>/episodes.parquet. Per-episode CKA before/after adaptation at each
+# snapshot: results/<experiment>/training_cka.parquet.
+
+ANALYSES_TABLE = f"{RUN_DIR}/analyses.parquet"
+RUN_TRAINING_CKA = f"{RUN_DIR}/training_cka.parquet"
 
 
 rule analyze:
@@ -14,8 +17,8 @@ rule analyze:
         test=rules.split_dataset.output.test,
         snapshots=rules.train.output.snapshots,
     output:
-        table="results/{dataset}/{method}/seed{seed}/analyses.parquet",
-        training_cka="results/{dataset}/{method}/seed{seed}/training_cka.parquet",
+        table=ANALYSES_TABLE,
+        training_cka=RUN_TRAINING_CKA,
     params:
         evaluation=evaluate_params,
         analyses=msc.canonical(config["analyses"]),
@@ -26,11 +29,12 @@ rule analyze:
         device=config["device"],
     threads: 1
     resources:
+        mem_mb=mem_resources("analyze"),
         gpu=gpu_resources,
     log:
-        "results/{dataset}/{method}/seed{seed}/analyze.log",
+        f"{RUN_DIR}/analyze.log",
     benchmark:
-        "results/{dataset}/{method}/seed{seed}/analyze.benchmark.tsv"
+        f"{RUN_DIR}/analyze.benchmark.tsv"
     conda:
         "../envs/mamlscope.yaml"
     script:
@@ -39,27 +43,23 @@ rule analyze:
 
 rule gather_episodes:
     input:
-        analyses=expand(
-            rules.analyze.output.table, dataset=DATASETS, method=METHODS, seed=SEEDS
-        ),
-        evaluations=expand(
-            rules.evaluate.output.json, dataset=DATASETS, method=METHODS, seed=SEEDS
-        ),
-        test_episodes=expand(rules.split_dataset.output.test, dataset=DATASETS),
-        training_cka=expand(
-            rules.analyze.output.training_cka, dataset=DATASETS, method=METHODS, seed=SEEDS
-        ),
+        analyses=expand(ANALYSES_TABLE, dataset=DATASETS, method=METHODS, seed=SEEDS),
+        evaluations=expand(EVALUATION_JSON, dataset=DATASETS, method=METHODS, seed=SEEDS),
+        test_episodes=expand(SPLIT_TEST, dataset=DATASETS),
+        training_cka=expand(RUN_TRAINING_CKA, dataset=DATASETS, method=METHODS, seed=SEEDS),
     output:
-        table="results/episodes.parquet",
-        training_cka="results/training_cka.parquet",
+        table=f"{OUT}/episodes.parquet",
+        training_cka=f"{OUT}/training_cka.parquet",
     params:
         datasets=DATASETS,
         protocols={name: ds["split"]["protocol"] for name, ds in config["datasets"].items()},
     threads: 1
+    resources:
+        mem_mb=mem_resources("gather_episodes"),
     log:
-        "results/logs/gather_episodes.log",
+        f"{OUT}/logs/gather_episodes.log",
     benchmark:
-        "results/logs/gather_episodes.benchmark.tsv"
+        f"{OUT}/logs/gather_episodes.benchmark.tsv"
     conda:
         "../envs/mamlscope.yaml"
     script:

@@ -1,15 +1,70 @@
-# Config validation (schema plus checks on disk) and the functions the rules ask for their
-# params and resources. Plain Python and no rules here (`snakemake --lint` wants them apart).
+# Config validation (schema plus checks on disk), where the experiment's outputs go, and the
+# functions the rules ask for their params and resources. Plain Python and no rules here
+# (`snakemake --lint` wants them apart).
 import os
+import posixpath
+import sys
+from pathlib import Path
+
+from snakemake.sourcecache import LocalSourceFile
+
+# This workflow's own folder (the parent of rules/), wherever it is included from: as the
+# main Snakefile or as a module of another workflow (`module ...: snakefile: ...`), where
+# workflow.basedir is the other workflow's folder. None when the module is read from a
+# remote source (a URL): then the package must be installed.
+_rules_dir = workflow.current_basedir
+WORKFLOW_ROOT = (
+    Path(_rules_dir.get_path_or_uri(secret_free=False)).parent
+    if isinstance(_rules_dir, LocalSourceFile)
+    else None
+)
+
+# The package from the workflow's own src/ when there is one, in this process and in every
+# job (scripts run in a fresh Python, maybe of a conda env that holds only the
+# dependencies): the rules and the code they run then always come from the same tree.
+if WORKFLOW_ROOT is not None and (WORKFLOW_ROOT / "src" / "mamlscope").is_dir():
+    _src = str(WORKFLOW_ROOT / "src")
+    if _src not in sys.path:
+        sys.path.insert(0, _src)
+    _paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if _src not in _paths:  # (set, not required: no `envvars:` for it)
+        os.environ.update(PYTHONPATH=os.pathsep.join(p for p in [_src, *_paths] if p))
 
 import mamlscope.cluster
 import mamlscope.config as msc
 from mamlscope.data.prepared import IMAGES, INDEX, META
 from mamlscope.data.splits import POOLS_FILE, TEST_EPISODES, VAL_EPISODES
 
+
+def default_experiment():
+    """The experiment's name when the config does not give one: the stem of the last
+    config file (`--configfile config/omniglot.yaml`: omniglot), `default` for the
+    workflow's own config.yaml or when no file was read (a module given a config dict)."""
+    if not workflow.configfiles:
+        return "default"
+    last = Path(workflow.configfiles[-1]).resolve()
+    if WORKFLOW_ROOT is not None and last == (WORKFLOW_ROOT / "config.yaml").resolve():
+        return "default"
+    return last.stem
+
+
 # Validate before any job runs; defaults are filled in place so rules see them.
+mamlscope.cluster.hide_empty_shell_commands()  # script rules have no shell command
 mamlscope.cluster.parse_flags(config)  # the profile's `config: [cluster_gpu=true]` is text
+config.setdefault("experiment", default_experiment())
 config.update(msc.validate_config(config))
+
+# Every output of the experiment lands under OUT, so experiments live side by side: a
+# dataset's data and split, each run, the run tables, the report, the logs.
+OUT = f"results/{config['experiment']}"
+# Path patterns that rules expand into lists of files. expand() refuses the flagged files
+# that `rules.X.output` holds under a default storage provider
+# (`--default-storage-provider fs`), so the rules name their outputs with these patterns
+# and expand the patterns.
+DATASET_DIR = f"{OUT}/{{dataset}}"
+RUN_DIR = f"{DATASET_DIR}/{{method}}/seed{{seed}}"
+SPLIT_DIR = f"{DATASET_DIR}/split"
+COMPARE_DIR = f"{DATASET_DIR}/compare/seed{{seed}}"
 
 DATASETS = list(config["datasets"])
 SEEDS = [str(s) for s in config["seeds"]]
@@ -72,9 +127,20 @@ def evaluate_params(wildcards):
 
 
 def gpu_resources(wildcards):
-    """One GPU for training and evaluation when the configured device is CUDA, or `auto`
-    on a cluster with GPUs (`cluster_gpu`, which profiles/slurm sets); `cpu` never."""
-    return 1 if mamlscope.cluster.wants_gpu(config) else 0
+    """One GPU for each model job (training, evaluation, extraction, analyses) when the
+    configured device is CUDA, or `auto` on a cluster with GPUs (`cluster_gpu`, which
+    profiles/slurm sets) or run locally where a GPU is seen, so that `--resources gpu=N`
+    shares N GPUs; `cpu` never (mamlscope.cluster.wants_gpu)."""
+    return 1 if mamlscope.cluster.wants_gpu(config, workflow) else 0
+
+
+def mem_resources(rule_name):
+    """The rule's `mem_mb` (measured peak plus headroom, mamlscope.cluster.mem_mb), so that
+    `--resources mem_mb=N` and a cluster's memory requests fit the jobs. Snakemake takes
+    only an int here: where the package has no `mem_mb` (an older install), 2000, the
+    largest peak the jobs were seen to reach (1.2-2 GB)."""
+    mem_mb = getattr(mamlscope.cluster, "mem_mb", None)
+    return int(mem_mb(rule_name, config)) if mem_mb is not None else 2000
 
 
 def feature_targets():
@@ -84,8 +150,8 @@ def feature_targets():
     # `figures: false` on a dataset skips its figure studies (not its activations or CKA).
     drawn = [d for d in DATASETS if config["datasets"][d]["figures"]]
     return [
-        *expand(rules.compare_methods.output, dataset=drawn, seed=SEEDS),
-        *expand(rules.cka.output, dataset=DATASETS, seed=SEEDS),
+        *expand(list(COMPARE_FIGURES.values()), dataset=drawn, seed=SEEDS),
+        *expand([CKA_TABLE, *CKA_FIGURES.values()], dataset=DATASETS, seed=SEEDS),
         *rules.gather_episodes.output,
     ]
 
@@ -99,7 +165,22 @@ def all_targets():
 # The report's inputs (rules/report.smk).
 
 
+def own_file(rel):
+    """A file of this workflow's own tree (`rel` from its root: the Snakefile, the report
+    template), found beside this workflow's files, not beside the Snakefile Snakemake was
+    started with (a module's user's). From a local tree: a path relative to the working
+    folder, so that moving the project folder leaves the jobs that read it up to date,
+    marked local so that no default storage provider claims it; from a remote module:
+    Snakemake's cached copy (workflow.source_path)."""
+    if WORKFLOW_ROOT is not None:
+        return local(os.path.relpath(WORKFLOW_ROOT / rel))
+    return workflow.source_path(f"../{rel}")
+
+
 def workflow_sources(wildcards):
-    """Every file the Snakefile includes: what, with it, the rule graph is drawn from."""
-    paths = (os.path.relpath(f.get_path_or_uri(secret_free=False)) for f in workflow.included)
-    return sorted(p for p in paths if p != os.path.relpath(workflow.main_snakefile))
+    """Every file of this workflow's own tree that its Snakefile includes (rules/*.smk):
+    what, with the Snakefile, the rule graph is drawn from."""
+    root = posixpath.dirname(_rules_dir.get_path_or_uri(secret_free=False))  # path or URL
+    own = (f.get_path_or_uri(secret_free=False) for f in workflow.included)
+    relative = sorted(p[len(root) + 1 :] for p in own if p.startswith(root + posixpath.sep))
+    return [own_file(p) for p in relative if p != "Snakefile"]

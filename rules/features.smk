@@ -9,7 +9,18 @@ from mamlscope.features.studies import caption_file, study_keys
 # point: each is drawn per model and side by side with no edit here. A study without its
 # own report/captions/features/{key}.rst gets the generic caption.
 FEATURE_FIGURES = study_keys()
-FEATURE_CAPTIONS = os.path.join(workflow.basedir, "report", "captions", "features")
+# Looked for in this workflow's own tree (also as a module); read from a URL, every study
+# takes the generic caption.
+FEATURE_CAPTIONS = os.path.join(WORKFLOW_ROOT or "", "report", "captions", "features")
+# A run's figure of each study, and the side-by-side ones (rule compare_methods).
+RUN_FIGURES = {name: f"{RUN_DIR}/figures/{name}.png" for name in FEATURE_FIGURES}
+COMPARE_FIGURES = {name: f"{COMPARE_DIR}/{name}.png" for name in FEATURE_FIGURES}
+ACTIVATIONS = f"{RUN_DIR}/activations.parquet"
+CKA_TABLE = f"{COMPARE_DIR}/cka.parquet"
+CKA_FIGURES = {
+    "methods": f"{COMPARE_DIR}/cka_methods.png",
+    "adaptation": f"{COMPARE_DIR}/cka_adaptation.png",
+}
 
 
 rule choose_probe:
@@ -17,15 +28,17 @@ rule choose_probe:
         index=rules.prepare_dataset.output.index,
         pools=rules.split_dataset.output.pools,
     output:
-        probe="results/{dataset}/split/probe.parquet",
+        probe=f"{SPLIT_DIR}/probe.parquet",
     params:
         images=config["features"]["probe_images"],
         split=split_params,
     threads: 1
+    resources:
+        mem_mb=mem_resources("choose_probe"),
     log:
-        "results/{dataset}/logs/choose_probe.log",
+        f"{DATASET_DIR}/logs/choose_probe.log",
     benchmark:
-        "results/{dataset}/logs/choose_probe.benchmark.tsv"
+        f"{DATASET_DIR}/logs/choose_probe.benchmark.tsv"
     conda:
         "../envs/mamlscope.yaml"
     script:
@@ -41,18 +54,19 @@ rule extract_activations:
         probe=rules.choose_probe.output.probe,
         test=rules.split_dataset.output.test,
     output:
-        activations="results/{dataset}/{method}/seed{seed}/activations.parquet",
+        activations=ACTIVATIONS,
     params:
         evaluation=evaluate_params,
         adapt_episodes=config["features"]["adapt_episodes"],
         device=config["device"],
     threads: 1
     resources:
+        mem_mb=mem_resources("extract_activations"),
         gpu=gpu_resources,
     log:
-        "results/{dataset}/{method}/seed{seed}/extract_activations.log",
+        f"{RUN_DIR}/extract_activations.log",
     benchmark:
-        "results/{dataset}/{method}/seed{seed}/extract_activations.benchmark.tsv"
+        f"{RUN_DIR}/extract_activations.benchmark.tsv"
     conda:
         "../envs/mamlscope.yaml"
     script:
@@ -69,17 +83,16 @@ rule plot_features:
         probe=rules.choose_probe.output.probe,
         activations=rules.extract_activations.output.activations,
     output:
-        **{
-            name: f"results/{{dataset}}/{{method}}/seed{{seed}}/figures/{name}.png"
-            for name in FEATURE_FIGURES
-        },
+        **RUN_FIGURES,
     params:
         features=msc.canonical(config["features"]),
     threads: 1
+    resources:
+        mem_mb=mem_resources("plot_features"),
     log:
-        "results/{dataset}/{method}/seed{seed}/plot_features.log",
+        f"{RUN_DIR}/plot_features.log",
     benchmark:
-        "results/{dataset}/{method}/seed{seed}/plot_features.benchmark.tsv"
+        f"{RUN_DIR}/plot_features.benchmark.tsv"
     conda:
         "../envs/mamlscope.yaml"
     script:
@@ -88,28 +101,26 @@ rule plot_features:
 
 rule compare_methods:
     input:
-        expand(
-            "results/{{dataset}}/{method}/seed{{seed}}/figures/{name}.png",
-            method=METHODS,
-            name=FEATURE_FIGURES,
-        ),
+        expand(list(RUN_FIGURES.values()), method=METHODS, allow_missing=True),
     output:
         **{
             name: report(
-                f"results/{{dataset}}/compare/seed{{seed}}/{name}.png",
+                pattern,
                 caption=f"../report/captions/features/{caption_file(name, FEATURE_CAPTIONS)}",
                 category="Feature studies",
                 subcategory="{dataset} seed {seed}",
             )
-            for name in FEATURE_FIGURES
+            for name, pattern in COMPARE_FIGURES.items()
         },
     params:
         methods=METHODS,
     threads: 1
+    resources:
+        mem_mb=mem_resources("compare_methods"),
     log:
-        "results/{dataset}/logs/compare_methods_seed{seed}.log",
+        f"{DATASET_DIR}/logs/compare_methods_seed{{seed}}.log",
     benchmark:
-        "results/{dataset}/logs/compare_methods_seed{seed}.benchmark.tsv"
+        f"{DATASET_DIR}/logs/compare_methods_seed{{seed}}.benchmark.tsv"
     conda:
         "../envs/mamlscope.yaml"
     script:
@@ -118,20 +129,17 @@ rule compare_methods:
 
 rule cka:
     input:
-        expand(
-            "results/{{dataset}}/{method}/seed{{seed}}/activations.parquet",
-            method=METHODS,
-        ),
+        expand(ACTIVATIONS, method=METHODS, allow_missing=True),
     output:
-        table="results/{dataset}/compare/seed{seed}/cka.parquet",
+        table=CKA_TABLE,
         methods=report(
-            "results/{dataset}/compare/seed{seed}/cka_methods.png",
+            CKA_FIGURES["methods"],
             caption="../report/captions/features/cka_methods.rst",
             category="Layer similarity (CKA)",
             subcategory="{dataset} seed {seed}",
         ),
         adaptation=report(
-            "results/{dataset}/compare/seed{seed}/cka_adaptation.png",
+            CKA_FIGURES["adaptation"],
             caption="../report/captions/features/cka_adaptation.rst",
             category="Layer similarity (CKA)",
             subcategory="{dataset} seed {seed}",
@@ -139,10 +147,12 @@ rule cka:
     params:
         methods=METHODS,
     threads: 1
+    resources:
+        mem_mb=mem_resources("cka"),
     log:
-        "results/{dataset}/logs/cka_seed{seed}.log",
+        f"{DATASET_DIR}/logs/cka_seed{{seed}}.log",
     benchmark:
-        "results/{dataset}/logs/cka_seed{seed}.benchmark.tsv"
+        f"{DATASET_DIR}/logs/cka_seed{{seed}}.benchmark.tsv"
     conda:
         "../envs/mamlscope.yaml"
     script:

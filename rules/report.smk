@@ -2,10 +2,10 @@
 # (papermill) and converted to HTML with the code hidden (nbconvert), beside the accuracy
 # table and training curves that `snakemake --report` shows. docs/report.md says more.
 # Its input functions (workflow_sources, feature_targets) are in rules/common.smk.
-import os
 
-# The template and nbconvert's theme live beside the Snakefile, whatever the working folder.
-REPORT_DIR = os.path.relpath(os.path.join(workflow.basedir, "report"))
+# The template and nbconvert's theme come from this workflow's own tree, whatever the
+# working folder and also when the workflow is a module of another (own_file).
+THEME = [f"report/nbconvert/mamlscope/{f}" for f in ("conf.json", "index.html.j2")]
 
 
 localrules:
@@ -15,15 +15,17 @@ localrules:
 
 rule rulegraph:
     input:
-        snakefile=os.path.relpath(workflow.main_snakefile),
+        snakefile=own_file("Snakefile"),
         sources=workflow_sources,
     output:
-        dot="results/report/rulegraph.dot",
+        dot=f"{OUT}/report/rulegraph.dot",
     threads: 1
+    resources:
+        mem_mb=mem_resources("rulegraph"),
     log:
-        "results/logs/rulegraph.log",
+        f"{OUT}/logs/rulegraph.log",
     benchmark:
-        "results/logs/rulegraph.benchmark.tsv"
+        f"{OUT}/logs/rulegraph.benchmark.tsv"
     conda:
         "../envs/report.yaml"
     script:
@@ -32,34 +34,32 @@ rule rulegraph:
 
 rule report:
     input:
-        template=f"{REPORT_DIR}/report.ipynb",
-        theme=[f"{REPORT_DIR}/nbconvert/mamlscope/{f}" for f in ("conf.json", "index.html.j2")],
+        template=own_file("report/report.ipynb"),
+        theme=[own_file(f) for f in THEME],
         runs=rules.summarize_runs.output.table,
-        evaluations=expand(
-            rules.evaluate.output.json, dataset=DATASETS, method=METHODS, seed=SEEDS
-        ),
-        metrics=expand(rules.train.output.metrics, dataset=DATASETS, method=METHODS, seed=SEEDS),
-        pools=expand(rules.split_dataset.output.pools, dataset=DATASETS),
+        evaluations=expand(EVALUATION_JSON, dataset=DATASETS, method=METHODS, seed=SEEDS),
+        metrics=expand(METRICS, dataset=DATASETS, method=METHODS, seed=SEEDS),
+        pools=expand(SPLIT_POOLS, dataset=DATASETS),
         # Every analysis of every run, one row per episode (rule gather_episodes).
-        episodes="results/episodes.parquet",
+        episodes=rules.gather_episodes.output.table,
         # Per-episode CKA before/after adaptation at each training snapshot (same rule).
-        training_cka="results/training_cka.parquet",
+        training_cka=rules.gather_episodes.output.training_cka,
         rulegraph=rules.rulegraph.output.dot,
         studies=feature_targets(),
     output:
         html=report(
-            "results/report/report.html",
+            f"{OUT}/report/report.html",
             caption="../report/captions/report.rst",
             category="Report",
         ),
-        notebook="results/report/report.ipynb",
+        notebook=f"{OUT}/report/report.ipynb",
         accuracy=report(
-            "results/report/accuracy.csv",
+            f"{OUT}/report/accuracy.csv",
             caption="../report/captions/accuracy.rst",
             category="Accuracy",
         ),
         curves=report(
-            "results/report/curves.png",
+            f"{OUT}/report/curves.png",
             caption="../report/captions/curves.rst",
             category="Training",
         ),
@@ -68,10 +68,12 @@ rule report:
         # report (and only the report, when no result changes).
         experiment=msc.canonical(config),
     threads: 1
+    resources:
+        mem_mb=mem_resources("report"),
     log:
-        "results/logs/report.log",
+        f"{OUT}/logs/report.log",
     benchmark:
-        "results/logs/report.benchmark.tsv"
+        f"{OUT}/logs/report.benchmark.tsv"
     conda:
         "../envs/report.yaml"
     script:

@@ -1,5 +1,10 @@
 # Training and evaluation: every method on every dataset and seed, then one run table.
 
+# The patterns that other rules expand (rules/common.smk says why).
+METRICS = f"{RUN_DIR}/metrics.parquet"
+EVALUATION_JSON = f"{RUN_DIR}/evaluation.json"
+EVALUATION_TABLE = f"{RUN_DIR}/evaluation.parquet"
+
 
 rule train:
     input:
@@ -10,20 +15,21 @@ rule train:
         # Read by meta-learning methods only (validation); written with the pools.
         val=rules.split_dataset.output.val,
     output:
-        checkpoint="results/{dataset}/{method}/seed{seed}/model.pt",
-        metrics="results/{dataset}/{method}/seed{seed}/metrics.parquet",
+        checkpoint=f"{RUN_DIR}/model.pt",
+        metrics=METRICS,
         # Weights at `maml.snapshots` evenly spaced steps (standard training: the final).
-        snapshots="results/{dataset}/{method}/seed{seed}/snapshots.pt",
+        snapshots=f"{RUN_DIR}/snapshots.pt",
     params:
         train=train_params,
         device=config["device"],
     threads: 1
     resources:
+        mem_mb=mem_resources("train"),
         gpu=gpu_resources,
     log:
-        "results/{dataset}/{method}/seed{seed}/train.log",
+        f"{RUN_DIR}/train.log",
     benchmark:
-        "results/{dataset}/{method}/seed{seed}/train.benchmark.tsv"
+        f"{RUN_DIR}/train.benchmark.tsv"
     conda:
         "../envs/mamlscope.yaml"
     script:
@@ -40,18 +46,19 @@ rule evaluate:
         pools=rules.split_dataset.output.pools,
         test=rules.split_dataset.output.test,
     output:
-        json="results/{dataset}/{method}/seed{seed}/evaluation.json",
-        table="results/{dataset}/{method}/seed{seed}/evaluation.parquet",
+        json=EVALUATION_JSON,
+        table=EVALUATION_TABLE,
     params:
         evaluation=evaluate_params,
         device=config["device"],
     threads: 1
     resources:
+        mem_mb=mem_resources("evaluate"),
         gpu=gpu_resources,
     log:
-        "results/{dataset}/{method}/seed{seed}/evaluate.log",
+        f"{RUN_DIR}/evaluate.log",
     benchmark:
-        "results/{dataset}/{method}/seed{seed}/evaluate.benchmark.tsv"
+        f"{RUN_DIR}/evaluate.benchmark.tsv"
     conda:
         "../envs/mamlscope.yaml"
     script:
@@ -60,22 +67,19 @@ rule evaluate:
 
 rule summarize_runs:
     input:
-        tables=expand(
-            rules.evaluate.output.table,
-            dataset=DATASETS,
-            method=METHODS,
-            seed=SEEDS,
-        ),
+        tables=expand(EVALUATION_TABLE, dataset=DATASETS, method=METHODS, seed=SEEDS),
     output:
-        table="results/runs.parquet",
+        table=f"{OUT}/runs.parquet",
         markdown=report(
-            "results/runs.md", caption="../report/captions/runs.rst", category="Runs"
+            f"{OUT}/runs.md", caption="../report/captions/runs.rst", category="Runs"
         ),
     threads: 1
+    resources:
+        mem_mb=mem_resources("summarize_runs"),
     log:
-        "results/logs/summarize_runs.log",
+        f"{OUT}/logs/summarize_runs.log",
     benchmark:
-        "results/logs/summarize_runs.benchmark.tsv"
+        f"{OUT}/logs/summarize_runs.benchmark.tsv"
     conda:
         "../envs/mamlscope.yaml"
     script:

@@ -1,5 +1,5 @@
-"""Rule gather_episodes: every run's analyses and own evaluation -> results/episodes.parquet;
-every run's CKA over training -> results/training_cka.parquet."""
+"""Rule gather_episodes, under results/<experiment>/: every run's analyses and own
+evaluation -> episodes.parquet; every run's CKA over training -> training_cka.parquet."""
 
 from mamlscope.analyses import gather_episodes, gather_training_cka
 from mamlscope.logs import logged

@@ -1,4 +1,5 @@
-"""Rule summarize_runs: every run's evaluation row -> results/runs.parquet and runs.md."""
+"""Rule summarize_runs: every run's evaluation row -> runs.parquet and runs.md, under
+results/<experiment>/."""
 
 from mamlscope.logs import logged
 from mamlscope.runs import gather_runs

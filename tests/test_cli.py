@@ -535,3 +535,43 @@ def test_an_unknown_batchnorm_mode_is_one_line(capsys, checkpoints, tables):
         capsys, checkpoints["maml"]["path"], tables["csv"], "--batchnorm", "tasknorm"
     )
     assert code == 2 and len(err.strip().splitlines()) == 1 and "tasknorm" in err
+
+
+def test_version_is_the_package_version(capsys):
+    """`mamlscope --version` prints `mamlscope <version>`, the version pyproject declares."""
+    import tomllib
+
+    import mamlscope
+
+    declared = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert mamlscope.__version__ == declared["project"]["version"]
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"mamlscope {mamlscope.__version__}\n"
+    if CONSOLE_SCRIPT.exists():  # the installed entry point, as a user types it
+        done = subprocess.run([CONSOLE_SCRIPT, "--version"], capture_output=True, text=True)
+        assert (done.returncode, done.stdout) == (0, f"mamlscope {mamlscope.__version__}\n")
+
+
+def test_citation_and_license_agree_with_the_package():
+    """CITATION.cff is CFF 1.2.0 YAML naming the package's version and licence, and the
+    papers it builds on; LICENSE is the MIT text pyproject declares."""
+    import tomllib
+
+    import yaml
+
+    import mamlscope
+
+    root = Path(__file__).parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    cff = yaml.safe_load((root / "CITATION.cff").read_text())
+    assert cff["cff-version"] == "1.2.0"
+    assert str(cff["version"]) == mamlscope.__version__
+    assert cff["license"] == project["license"] == "MIT"
+    assert cff["title"] and cff["message"] and cff["authors"] == [{"name": "the mamlscope authors"}]
+    cited = {(ref["authors"][0]["family-names"], ref["year"]) for ref in cff["references"]}
+    assert cited == {("Finn", 2017), ("Raghu", 2020)}
+    license_text = (root / "LICENSE").read_text()
+    assert license_text.startswith("MIT License\n\nCopyright (c) 2026 the mamlscope authors\n")
+    assert 'THE SOFTWARE IS PROVIDED "AS IS"' in license_text

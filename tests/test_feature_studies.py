@@ -307,7 +307,7 @@ def test_listing_the_studies_loads_no_plotting_library() -> None:
 
 @pytest.mark.workflow
 def test_the_rules_draw_a_plugged_study_per_model_and_side_by_side(plugin, tmp_path) -> None:
-    from workflow_tools import TINY_CONFIG, copy_workflow, snakemake
+    from workflow_tools import TINY_CONFIG, TINY_RESULTS, copy_workflow, snakemake
 
     (tmp_path / "workflow").mkdir()
     folder = copy_workflow(tmp_path / "workflow")
@@ -315,4 +315,4 @@ def test_the_rules_draw_a_plugged_study_per_model_and_side_by_side(plugin, tmp_p
     result = snakemake("-n", "--cores", "1", "--configfile", str(TINY_CONFIG), cwd=folder, env=site)
     assert result.returncode == 0, result.stdout + result.stderr
     for path in ("digits8/maml/seed0/figures", "digits8/compare/seed0"):
-        assert f"results/{path}/{plugin}.png" in result.stdout, path
+        assert f"{TINY_RESULTS}/{path}/{plugin}.png" in result.stdout, path

@@ -20,7 +20,7 @@ from mamlscope.checkpoint import load_checkpoint
 from mamlscope.config import train_section
 from mamlscope.errors import ConfigError
 from mamlscope.evaluate import EvalSettings, run_evaluation
-from mamlscope.runs import gather_runs
+from mamlscope.runs import HYPERPARAMETERS, gather_runs
 from mamlscope.train import run_training
 
 METHODS = ("baseline", "maml", "fomaml")
@@ -142,7 +142,7 @@ def test_gather_runs_concatenates_rows_and_writes_markdown(runs, tmp_path):
     # by dataset, then method in its declared display order (not by name), then seed
     assert list(written["method"]) == ["baseline", "maml", "fomaml"]
     single = pd.read_parquet(tables[0])
-    assert list(written.columns) == list(single.columns)
+    assert list(written.columns) == [*single.columns, *HYPERPARAMETERS]
     by_method = written.set_index("method")
     for method in METHODS:
         assert by_method.loc[method, "mean"] == pytest.approx(runs[method]["row"]["mean"])
@@ -169,6 +169,9 @@ def test_gather_runs_over_two_seeds_keeps_every_row(runs, tmp_path):
     paths = [tmp_path / "a.parquet", tmp_path / "b.parquet"]
     other.to_parquet(paths[0], index=False)
     row.to_parquet(paths[1], index=False)
+    summary = json.loads((runs["maml"]["folder"] / "evaluation.json").read_text())
+    for path, seed in zip(paths, (1, 0), strict=True):  # each table's evaluation.json beside it
+        path.with_suffix(".json").write_text(json.dumps({**summary, "seed": seed}))
     result = gather_runs(paths, tmp_path / "runs.parquet", tmp_path / "runs.md")
     assert list(result["seed"]) == [0, 1]
     assert result.loc[1, "mean"] == 0.5

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 from plugin_tools import install_distribution
-from workflow_tools import TINY, copy_workflow, snakemake
+from workflow_tools import TINY, TINY_RESULTS, copy_workflow, snakemake
 
 # A network of torch's own layers (BatchNorm, ReLU, max-pool), not an nn.Sequential.
 MODEL = """
@@ -108,7 +108,7 @@ def test_a_plug_in_method_and_network_run_through_the_whole_workflow(tmp_path: P
     result = snakemake("--cores", "2", "--configfile", "plugin.yaml", cwd=folder, env=env)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
 
-    results = folder / "results"
+    results = folder / TINY_RESULTS  # plugin.yaml keeps tiny.yaml's experiment
     runs = pd.read_parquet(results / "runs.parquet")
     assert sorted(runs["method"]) == ["baseline", "fd-head"]
     assert runs["mean"].between(0, 1).all()

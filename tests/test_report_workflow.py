@@ -19,7 +19,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
-from workflow_tools import TINY, planned_wildcards, snakemake
+from workflow_tools import TINY, TINY_RESULTS, planned_wildcards, snakemake
 
 from mamlscope.features.studies import study_keys
 
@@ -36,7 +36,7 @@ SECTIONS = (
 
 
 def report_dir(folder: Path) -> Path:
-    return folder / "results" / "report"
+    return folder / TINY_RESULTS / "report"
 
 
 def dry_run(folder: Path, configfile: str = "tiny.yaml") -> list[tuple[str, str]]:
@@ -52,7 +52,7 @@ def test_the_report_holds_every_section_figure_and_table(tiny_pipeline: Path):
     for section in SECTIONS:
         assert f">{section}" in html, section
     # Every figure the feature rules made is embedded, byte for byte.
-    compare = tiny_pipeline / "results" / "digits8" / "compare" / "seed0"
+    compare = tiny_pipeline / TINY_RESULTS / "digits8" / "compare" / "seed0"
     pngs = sorted(compare.glob("*.png"))
     assert {p.stem for p in pngs} >= {*study_keys(), "cka_methods", "cka_adaptation"}
     for png in pngs:
@@ -186,10 +186,10 @@ def test_adding_a_seed_runs_only_the_new_jobs_and_the_report(tiny_pipeline: Path
 @pytest.mark.slow
 def test_snakemake_report_gathers_the_marked_outputs(tiny_pipeline: Path):
     result = snakemake(
-        "--report", "results/report.zip", "--configfile", "tiny.yaml", cwd=tiny_pipeline
+        "--report", f"{TINY_RESULTS}/report.zip", "--configfile", "tiny.yaml", cwd=tiny_pipeline
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    with zipfile.ZipFile(tiny_pipeline / "results" / "report.zip") as archive:
+    with zipfile.ZipFile(tiny_pipeline / TINY_RESULTS / "report.zip") as archive:
         names = archive.namelist()
         for marked in ("report.html", "accuracy.csv", "curves.png", "runs.md"):
             assert any(n.endswith("/" + marked) for n in names), (marked, names[:40])

@@ -16,6 +16,7 @@ import yaml
 from scipy import stats
 from test_findings import config_for
 from test_verdicts import TEST_STEPS, adapting, episodes_table
+from workflow_tools import TINY_RESULTS
 
 from mamlscope import __version__
 from mamlscope.cli import main
@@ -326,7 +327,7 @@ def test_the_tiny_pipelines_results_give_its_own_numbers(tiny_pipeline, tmp_path
     the run's evaluation (one seed: the pooled mean is the run's own)."""
     doc = tmp_path / "doc.md"
     doc.write_text(DOC)
-    results = tiny_pipeline / "results"
+    results = tiny_pipeline / TINY_RESULTS
     config = str(tiny_pipeline / "tiny.yaml")
     argv = ["results-doc", str(results), "--config", config, "--doc", str(doc)]
     assert main([*argv, "--name", "default"]) == 0, capsys.readouterr().err

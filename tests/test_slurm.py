@@ -51,7 +51,8 @@ def test_profile_never_sets_the_device_and_polls_with_squeue():
         ("auto", False, False),
     ],
 )
-def test_gpu_request_follows_the_configured_device(device, cluster_gpu, gpu):
+def test_gpu_request_follows_the_configured_device(device, cluster_gpu, gpu, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # as on a CPU-only machine
     assert cluster.wants_gpu({"device": device, "cluster_gpu": cluster_gpu}) is gpu
 
 

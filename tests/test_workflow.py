@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from workflow_tools import TINY, copy_workflow, job_block, planned_jobs, snakemake
+from workflow_tools import (
+    DEFAULT_RESULTS,
+    TINY,
+    TINY_RESULTS,
+    copy_workflow,
+    job_block,
+    planned_jobs,
+    snakemake,
+)
 
 
 @pytest.fixture
@@ -49,7 +57,7 @@ def test_configfile_replaces_the_default(workdir: Path):
     )
     result = snakemake("-n", "--cores", "1", "--configfile", "other.yaml", cwd=workdir)
     assert result.returncode == 0, result.stdout
-    assert "results/digitsonly/data" in result.stdout
+    assert "results/other/digitsonly/data" in result.stdout  # the file's stem names it
     assert "mnist5k" not in result.stdout
 
 
@@ -58,19 +66,19 @@ def test_configfile_replaces_the_default(workdir: Path):
 def test_data_rules_run_on_default_config(workdir: Path):
     result = snakemake("--cores", "2", "--until", "split_dataset", cwd=workdir)
     assert result.returncode == 0, result.stderr[-4000:]
-    data = workdir / "results" / "mnist5k" / "data"
+    data = workdir / DEFAULT_RESULTS / "mnist5k" / "data"
     assert {p.name for p in data.iterdir()} == {"images.npy", "index.parquet", "meta.json"}
     index = pd.read_parquet(data / "index.parquet")
     assert len(index) == 5000
     # One split per dataset, shared by both training seeds.
     tests = {}
     for dataset in ("mnist5k", "mnist5k-classes"):
-        split = workdir / "results" / dataset / "split"
+        split = workdir / DEFAULT_RESULTS / dataset / "split"
         tests[dataset] = test = pd.read_parquet(split / "episodes_test.parquet")
         assert test["episode"].nunique() == 300
         assert len(test) == 300 * 5 * (1 + 15)
     # By classes, the test digits are the five the training pool lacks.
-    pools = pd.read_parquet(workdir / "results/mnist5k-classes/split/pools.parquet")
+    pools = pd.read_parquet(workdir / DEFAULT_RESULTS / "mnist5k-classes/split/pools.parquet")
     by_pool = pools.merge(index, on="example_id").groupby("pool")["class_id"].unique()
     train, test = set(by_pool["train"]), set(by_pool["test"])
     assert len(train) == len(test) == 5 and not train & test
@@ -107,7 +115,7 @@ def test_jobs_declare_every_file_they_read(workdir: Path):
     train, evaluate = job_block(out, "train"), job_block(out, "evaluate")
     for block in (train, evaluate):
         dataset = re.search(r"dataset=([\w-]+)", block).group(1)
-        data, split = f"results/{dataset}/data/", f"results/{dataset}/split/"
+        data, split = (f"{DEFAULT_RESULTS}/{dataset}/{part}/" for part in ("data", "split"))
         for name in ("images.npy", "index.parquet", "meta.json", "pools.parquet"):
             assert (split if name == "pools.parquet" else data) + name in block, block
     assert "episodes_val.parquet" in train and "episodes_test.parquet" in evaluate
@@ -214,7 +222,7 @@ def test_the_feature_studies_of_every_model_are_produced(tiny_pipeline: Path):
     from mamlscope.features.activations import read_activations
     from mamlscope.features.studies import study_keys
 
-    results = tiny_pipeline / "results" / "digits8"
+    results = tiny_pipeline / TINY_RESULTS / "digits8"
     probe = pd.read_parquet(results / "split/probe.parquet")
     assert len(probe) == 40 and probe["class_id"].value_counts().max() <= 4  # 10 classes
     for method in ("baseline", *MAML):
@@ -246,7 +254,7 @@ def test_the_feature_studies_of_every_model_are_produced(tiny_pipeline: Path):
 def test_the_per_episode_table_holds_every_analysis_beside_each_evaluation(tiny_pipeline: Path):
     from mamlscope.analyses import COLUMNS
 
-    table = pd.read_parquet(tiny_pipeline / "results" / "episodes.parquet")
+    table = pd.read_parquet(tiny_pipeline / TINY_RESULTS / "episodes.parquet")
     assert {c: str(t) for c, t in table.dtypes.items()} == COLUMNS
     assert set(table["classes"]) == {"seen"}
     # MAML's snapshot before its final weights (tiny.yaml: maml.snapshots 2 of 3 meta-steps),
@@ -254,7 +262,7 @@ def test_the_per_episode_table_holds_every_analysis_beside_each_evaluation(tiny_
     earlier = table[table["snapshot"] < 1.0]
     assert set(earlier["method"]) == set(MAML) and set(earlier["snapshot"]) == {2 / 3}
     assert sorted(earlier["episode"].unique()) == list(range(5))
-    cka = pd.read_parquet(tiny_pipeline / "results" / "training_cka.parquet")
+    cka = pd.read_parquet(tiny_pipeline / TINY_RESULTS / "training_cka.parquet")
     assert set(cka["method"]) == set(MAML) and set(cka["snapshot"]) == {2 / 3, 1.0}
     table = table[table["snapshot"] == 1.0]
     own = table[table["analysis"] == "evaluation"]
@@ -286,8 +294,9 @@ def test_the_per_episode_table_holds_every_analysis_beside_each_evaluation(tiny_
 @pytest.mark.workflow
 @pytest.mark.slow
 def test_an_evaluation_records_the_whole_config_and_its_every_layers(tiny_pipeline: Path):
-    assert (tiny_pipeline / "results" / "runs.md").is_file()
-    summary = json.loads((tiny_pipeline / "results/digits8/maml/seed0/evaluation.json").read_text())
+    assert (tiny_pipeline / TINY_RESULTS / "runs.md").is_file()
+    evaluation = tiny_pipeline / TINY_RESULTS / "digits8/maml/seed0/evaluation.json"
+    summary = json.loads(evaluation.read_text())
     assert summary["config"]["source"] == "digits"  # the checkpoint records the whole config
     assert summary["evaluation"]["inner_steps"] == 2  # the settings this evaluation used
 

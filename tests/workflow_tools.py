@@ -13,10 +13,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 TINY_CONFIG = Path(__file__).with_name("tiny.yaml")
 TINY = TINY_CONFIG.read_text()
+# Where tests/tiny.yaml's outputs land (`experiment: tiny`), and the default config's.
+TINY_RESULTS = Path("results") / yaml.safe_load(TINY)["experiment"]
+DEFAULT_RESULTS = Path("results/default")
 
 
 def snakemake(

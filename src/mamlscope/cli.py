@@ -4,12 +4,13 @@ document's results block from a results tree (`results-doc`)."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import replace
 from typing import TYPE_CHECKING, NoReturn
 
+from mamlscope import __version__
 from mamlscope.errors import ConfigError, MamlscopeError
+from mamlscope.io import to_json
 from mamlscope.methods.base import LEGACY_DEFAULTS
 
 # The modes of mamlscope.maml.BATCHNORM_MODES, spelled here so `--help` needs no torch import.
@@ -86,9 +87,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     episode_ids = sorted(int(e) for e in table["episode"].unique())
     per_episode = evaluate_checkpoint_on(ckpt, batches, settings, episode_ids=episode_ids)
     accuracy = summarize(per_episode)
-    if args.json:
+    if args.json:  # strict JSON: a mean over no episode is null, not a bare NaN
         print(
-            json.dumps(
+            to_json(
                 {"method": ckpt.method, "batchnorm": settings.batchnorm_used, **accuracy.as_dict()}
             )
         )
@@ -128,6 +129,7 @@ def _results_doc(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; errors of ours print one line and exit 2, not a traceback."""
     parser = _Parser(prog="mamlscope", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     evaluate = commands.add_parser(
         "evaluate",

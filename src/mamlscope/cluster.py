@@ -9,10 +9,17 @@ that submits jobs, and only for a real run (not a dry run, not inside a job):
 - ``device: auto`` without ``cluster_gpu`` asks for no GPU: said once, with the fix.
 - while jobs wait in the queue or run, a line every few minutes says how many and where
   their logs are (Snakemake itself prints nothing until a job ends).
+
+And what every run's jobs ask for, on a cluster and locally alike: a GPU (`wants_gpu`, so
+`--resources gpu=N` lets N GPU jobs run at once on a workstation), memory (`mem_mb`, from
+measured peaks), and no "Shell command: None" line for the script rules
+(`hide_empty_shell_commands`).
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import shutil
 import subprocess
@@ -39,11 +46,145 @@ def parse_flags(config: dict[str, Any]) -> None:
             config[key] = words[value.strip().lower()]
 
 
-def wants_gpu(config: Mapping[str, Any]) -> bool:
-    """Whether training and evaluation jobs ask the cluster for a GPU: ``device: cuda``
-    always, ``cpu`` never, ``auto`` where the profile says the cluster has GPUs."""
+def _runs_elsewhere(workflow: Any) -> bool:
+    """Whether jobs run on other machines (a cluster executor), not in this process's."""
+    plugin = getattr(workflow, "executor_plugin", None)
+    return bool(getattr(getattr(plugin, "common_settings", None), "non_local_exec", False))
+
+
+def wants_gpu(config: Mapping[str, Any], workflow: Any = None) -> bool:
+    """Whether the model jobs (training, evaluation, extraction, analyses) ask for a GPU:
+    ``device: cuda`` always, ``cpu`` never; ``auto`` where the profile says the cluster has
+    GPUs (``cluster_gpu``) and, run locally, where this process sees one
+    (``torch.cuda.is_available()``): there every job would pick that GPU, so each declares
+    it and ``--resources gpu=N`` caps how many share the N GPUs. ``workflow``: Snakemake's;
+    under a cluster executor the submitting machine's GPU says nothing about the nodes."""
     device = str(config.get("device", "auto"))
-    return device.startswith("cuda") or (device == "auto" and bool(config.get("cluster_gpu")))
+    if device.startswith("cuda"):
+        return True
+    if device != "auto":
+        return False
+    if config.get("cluster_gpu"):
+        return True
+    if _runs_elsewhere(workflow):
+        return False
+    import torch  # the Snakefile has imported it already (mamlscope.features.studies)
+
+    return bool(torch.cuda.is_available())
+
+
+# --- memory per job ------------------------------------------------------------------------
+
+# Peak resident memory (`max_rss`, MB, of each rule's `*.benchmark.tsv`; the largest job of
+# the rule) on this project's 2-core Xeon, CPU only, torch 2.14.1: (fc, conv4), from
+#   A: config.yaml at 448a350 (`make run`, 2026-12-01): mnist5k by examples and by
+#      classes, fc, baseline and maml, two seeds, 53 jobs;
+#   B: config.yaml at 41747e6 (2026-12-01): mnist5k by examples, fc, baseline, maml,
+#      fomaml and maml-fd, two seeds, 600 test episodes;
+#   C: config/omniglot-small.yaml at fdf23a6 (2026-12-01, the jobs done by 17:20): conv4,
+#      5-way 1-shot, meta-batch 16, six methods.
+# conv4 None: not measured yet (`_conv_peak` says what stands in).
+PEAK_MB: dict[str, tuple[int, int | None]] = {
+    "prepare_dataset": (1079, 640),  # B; C (Omniglot's 968 classes of 28x28)
+    "split_dataset": (137, 104),  # A; C
+    "train": (2002, 3052),  # B fomaml (A: 1263); C maml
+    "evaluate": (2095, 3173),  # B maml-fd (A: 1978); C maml
+    "analyze": (2019, 3965),  # A maml; C anil
+    "gather_episodes": (866, None),  # A
+    "summarize_runs": (142, None),  # A
+    "choose_probe": (848, None),  # B
+    "extract_activations": (1175, None),  # A
+    "plot_features": (1297, None),  # A
+    "compare_methods": (1077, None),  # B
+    "cka": (1103, None),  # A
+    "rulegraph": (1836, None),  # A
+    "report": (2013, None),  # A
+}
+# Jobs that hold a model and its activations (the rest read tables and draw figures).
+MODEL_RULES = frozenset(
+    {"train", "evaluate", "analyze", "extract_activations", "cka", "plot_features"}
+)
+# conv4 over fc where both were measured: train 1.52, evaluate 1.51, analyze 1.96.
+CONV_FACTOR = 2.0
+# Rules that run on the GPU when the job asks for one (rules/*.smk: gpu=gpu_resources).
+GPU_RULES = frozenset({"train", "evaluate", "analyze", "extract_activations"})
+# Host memory a CUDA process adds (the CUDA libraries and context): an estimate, not
+# measured (no GPU run has written benchmark files yet); replace it from the first one.
+GPU_EXTRA_MB = 2048
+HEADROOM = 1.5
+ROUND_MB = 256
+
+
+def _with_headroom(peak: float) -> int:
+    return int(math.ceil(HEADROOM * peak / ROUND_MB)) * ROUND_MB
+
+
+def _conv_peak(rule: str, fc: int, conv: int | None) -> float:
+    """A conv net's peak: the larger measurement (a data job's memory follows the source,
+    not the network), or, unmeasured, the fc peak scaled for a model job."""
+    if conv is not None:
+        return max(fc, conv)
+    return fc * CONV_FACTOR if rule in MODEL_RULES else fc
+
+
+# The table the rules use: (fc, conv) peaks with headroom (1.5x, rounded up to 256 MB).
+RULE_MEM_MB: dict[str, tuple[int, int]] = {
+    rule: (_with_headroom(fc), _with_headroom(_conv_peak(rule, fc, conv)))
+    for rule, (fc, conv) in PEAK_MB.items()
+}
+
+
+def _convolutional(config: Mapping[str, Any]) -> bool:
+    """Whether any dataset trains a network other than ``fc`` (conv4 and larger ones)."""
+    datasets = config.get("datasets") or {}
+    archs = {str((ds.get("model") or {}).get("arch", "fc")) for ds in datasets.values()}
+    top = str((config.get("model") or {}).get("arch", "fc"))
+    return any(arch != "fc" for arch in archs | {top})
+
+
+def mem_mb(rule: str, config: Mapping[str, Any]) -> int:
+    """The ``mem_mb`` a rule's jobs declare: the measured peak (`PEAK_MB`) with 50%
+    headroom, for conv nets when any dataset of ``config`` (the validated workflow config)
+    trains one, plus `GPU_EXTRA_MB` for a model job that asks for a GPU. So that
+    ``--resources mem_mb=N`` keeps a workstation's jobs within N and a cluster gets
+    requests its jobs fit in. Networks larger than conv4 (resnet12) were not measured."""
+    if rule not in RULE_MEM_MB:
+        raise ValueError(
+            f"no memory measured for rule {rule!r}: add its peak to "
+            f"mamlscope.cluster.PEAK_MB (known: {', '.join(sorted(RULE_MEM_MB))})"
+        )
+    fc, conv = RULE_MEM_MB[rule]
+    mb = conv if _convolutional(config) else fc
+    if rule in GPU_RULES and wants_gpu(config):
+        mb += GPU_EXTRA_MB
+    return mb
+
+
+# --- the log -------------------------------------------------------------------------------
+
+
+class _NoEmptyShellCommand(logging.Filter):
+    """Drops Snakemake's shell-command records that carry no command."""
+
+    def __init__(self, event: Any) -> None:
+        super().__init__()
+        self.event = event
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            getattr(record, "event", None) == self.event and not record.__dict__.get("shellcmd")
+        )
+
+
+def hide_empty_shell_commands() -> None:
+    """Snakemake 9 prints "Shell command: None" under every job of a ``script:`` rule when
+    ``printshellcmds`` is on (the profiles set it, for ``shell:`` rules): drop those lines,
+    keep every real command. Call once from the Snakefile; a second call adds nothing."""
+    from snakemake.logging import logger
+    from snakemake_interface_logger_plugins.common import LogEvent
+
+    if not any(isinstance(f, _NoEmptyShellCommand) for f in logger.filters):
+        logger.addFilter(_NoEmptyShellCommand(LogEvent.SHELLCMD))
 
 
 def _is_slurm(workflow: Any) -> bool:

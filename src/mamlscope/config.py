@@ -24,6 +24,7 @@ from mamlscope.config_checks import (
     check_features,
     check_finite,
     check_split,
+    coerce_strings,
 )
 from mamlscope.data.readers import check_source_config
 from mamlscope.errors import ConfigError
@@ -92,32 +93,68 @@ def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[st
     return merged
 
 
+def _has(value: Any, path: list[Any]) -> bool:
+    """Whether ``path`` (keys and indices) leads somewhere in ``value``."""
+    for key in path:
+        try:
+            value = value[key]
+        except (KeyError, IndexError, TypeError):
+            return False
+    return True
+
+
+def _schema_errors(validator: Any, cfg: dict[str, Any], own: dict[str, Any]) -> list[str]:
+    """One line per schema error, in key order. An error in a dataset's section at a key
+    the dataset inherited from the top level (``own``: the dataset sections as written) is
+    the top-level key's error again: it is left out, so a bad ``maml.meta_steps`` is one
+    line, not one per dataset."""
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
+    seen = {tuple(e.absolute_path) for e in errors}
+    lines = []
+    for e in errors:
+        path = list(e.absolute_path)
+        if (
+            len(path) > 3
+            and path[0] == "datasets"
+            and path[2] in OVERRIDABLE
+            and tuple(path[2:]) in seen
+            and not _has(own.get(path[1], {}), path[2:])
+        ):
+            continue
+        lines.append(f"  {_key(path)}: {_message(e)}")
+    return lines
+
+
 def validate_config(config: Mapping[str, Any], *, check_paths: bool = True) -> dict[str, Any]:
     """Return a validated copy of ``config`` with defaults filled in.
 
-    Raises ConfigError naming the first offending key (all schema errors are listed).
+    Strings where the schema wants another type (``snakemake --config`` hands nested
+    values over as text) are typed first (:func:`config_checks.coerce_strings`). Raises
+    ConfigError naming the first offending key (all schema errors are listed).
     """
     cfg = copy.deepcopy(dict(config))
     check_finite(cfg)  # before the schema: its minimum/maximum let NaN through
-    # `snakemake --config seeds=[0,1]` hands over the items as strings.
-    seeds = cfg.get("seeds")
-    if isinstance(seeds, list):
-        cfg["seeds"] = [int(s) if isinstance(s, str) and s.strip().isdigit() else s for s in seeds]
     # Merge the top-level sections into each dataset's before defaults are filled, so a
     # dataset inherits what the top level sets and overrides only what it names.
     datasets = cfg.get("datasets")
+    own: dict[str, Any] = {}
     if isinstance(datasets, dict):
+        own = copy.deepcopy(datasets)
         for ds in datasets.values():
             if not isinstance(ds, dict):
                 continue
             for section in OVERRIDABLE:
-                top, own = cfg.get(section), ds.get(section)
-                if isinstance(top, Mapping) and (own is None or isinstance(own, Mapping)):
-                    ds[section] = _deep_merge(top, own or {})
+                top, mine = cfg.get(section), ds.get(section)
+                if isinstance(top, Mapping) and (mine is None or isinstance(mine, Mapping)):
+                    ds[section] = _deep_merge(top, mine or {})
     validator = _Validator(load_schema())
-    errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
-    if errors:
-        lines = [f"  {_key(e.absolute_path)}: {_message(e)}" for e in errors]
+    coerce_strings(cfg, validator)
+    # Again, as an override may have been `.nan`: the top-level sections first, so a bad
+    # `maml.inner_lr` is named there rather than in the dataset that inherited it.
+    check_finite({key: value for key, value in cfg.items() if key != "datasets"})
+    check_finite(cfg)
+    lines = _schema_errors(validator, cfg, own)
+    if lines:
         raise ConfigError("invalid config:\n" + "\n".join(lines))
     for name, ds in cfg["datasets"].items():
         _check_dataset(name, ds, Path(cfg["data_root"]), check_paths)

@@ -1,19 +1,28 @@
-"""Config checks that a JSON schema cannot express: finiteness, and keys read together.
+"""Config checks that a JSON schema cannot express: finiteness, and keys read together;
+and the typing of `snakemake --config` overrides, which arrive as text.
 
 A schema's ``minimum``/``maximum`` compare numbers, and every comparison with NaN is
 false, so ``lr: .nan`` or ``std: [.inf]`` would pass it and surface hours later as a
 chance-level result. :func:`check_finite` walks the whole config first; the others compare
 keys with each other (a split against the episodes it must give, the extremes figure
 against the probe) so that ``snakemake -n`` fails on them instead of a job.
+
+``snakemake --config 'maml={meta_steps: 50}'`` parses a nested value with YAML's base
+loader, which keeps every scalar as a string: :func:`coerce_strings` gives such a string
+the type the schema expects there, so an override means what it says, and leaves any
+string it cannot type for the schema to name.
 """
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+import jsonschema
 import numpy as np
+import yaml
 
 from mamlscope.data.facts import known_classes, known_sizes
 from mamlscope.data.pools import POOLS, example_pool_sizes
@@ -46,6 +55,78 @@ def check_finite(value: Any, path: str = "") -> None:
         else:
             continue
         stack.extend(reversed(children))  # popped in the config's own order
+
+
+# JSON-schema type names -> a test of a parsed YAML value. Stricter than the schema's own
+# checker in one place on purpose: 50.0 is a JSON-schema "integer", but `range(50.0)` fails.
+_TYPE_TESTS = {
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "boolean": lambda v: isinstance(v, bool),
+    "null": lambda v: v is None,
+    "array": lambda v: isinstance(v, list),
+    "object": lambda v: isinstance(v, dict),
+    "string": lambda v: isinstance(v, str),
+}
+
+
+def typed_string(text: str, expected: str | Iterable[str]) -> tuple[bool, Any]:
+    """``(True, value)`` when ``text`` read as YAML is of one of the ``expected`` JSON-schema
+    types, else ``(False, text)``.
+
+    A number in exponent form without a dot (``1e-3``) is a string to PyYAML (YAML 1.1) but
+    a number in YAML 1.2 and to every user: it is read with ``float``/``int`` as well.
+    """
+    wanted = [expected] if isinstance(expected, str) else list(expected)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return False, text
+    if isinstance(value, str) and {"number", "integer"} & set(wanted):
+        for convert in (int, float):
+            try:
+                value = convert(text.strip())
+                break
+            except ValueError:
+                continue
+    if any(_TYPE_TESTS[name](value) for name in wanted if name in _TYPE_TESTS):
+        return True, value
+    return False, text
+
+
+def _type_errors(errors: Iterable[jsonschema.ValidationError]) -> Iterable[Any]:
+    """Every ``type`` error on a string, its sub-errors (anyOf/oneOf) included."""
+    for error in errors:
+        if error.validator == "type" and isinstance(error.instance, str):
+            yield error
+        yield from _type_errors(error.context or ())
+
+
+def coerce_strings(cfg: dict[str, Any], validator: jsonschema.protocols.Validator) -> None:
+    """Give each string of ``cfg`` that the schema wants of another type that type, in place.
+
+    The schema decides where: each ``type`` error on a string (through ``$ref``, per-arch
+    ``options`` rules, list items) is retried with :func:`typed_string`. ``validator`` may
+    fill in defaults, so it runs on a copy; a string that does not parse to the wanted type
+    stays, and the schema check then names it.
+    """
+    for _ in range(8):  # a typed value cannot uncover new strings, but be sure
+        changed = False
+        for error in _type_errors(validator.iter_errors(copy.deepcopy(cfg))):
+            ok, value = typed_string(error.instance, error.validator_value)
+            *parents, last = error.absolute_path
+            holder: Any = cfg
+            try:
+                for key in parents:
+                    holder = holder[key]
+                found = holder[last]
+            except (KeyError, IndexError, TypeError):
+                continue  # a default the validator filled in, not the user's value
+            if ok and found == error.instance:
+                holder[last] = value
+                changed = True
+        if not changed:
+            return
 
 
 def check_features(features: Mapping[str, Any]) -> None:

@@ -7,7 +7,6 @@ Accuracy is reported as the mean over episodes with a 95% interval,
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -20,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from mamlscope import __version__
 from mamlscope.checkpoint import Checkpoint
@@ -29,12 +29,13 @@ from mamlscope.data.prepared import PreparedDataset
 from mamlscope.data.tasks import iterate_episodes
 from mamlscope.errors import ConfigError
 from mamlscope.finetune import Batch, evaluate_finetune, plain_accuracy
-from mamlscope.io import atomic_path, read_parquet
+from mamlscope.io import atomic_path, read_parquet, to_json
 from mamlscope.maml import adapt_and_predict
 from mamlscope.methods import method as lookup_method
 from mamlscope.methods.base import LEGACY_DEFAULTS
 from mamlscope.model_job import open_model_job
 from mamlscope.runtime import cpu_model
+from mamlscope.train_log import progress
 
 log = logging.getLogger("mamlscope")
 
@@ -67,6 +68,14 @@ def summarize(per_episode: Iterable[float]) -> Accuracy:
         std=std,
         episodes=int(values.size),
     )
+
+
+def counted(batches: Iterable[Batch], bar: tqdm) -> Iterator[Batch]:
+    """``batches`` as they come, adding each batch's episodes to ``bar`` once the consumer
+    is done with it (asks for the next), so the bar counts finished episodes."""
+    for batch in batches:
+        yield batch
+        bar.update(int(batch[1].shape[0]))  # support labels [E, N*K]: E episodes
 
 
 def evaluate_maml(
@@ -299,7 +308,12 @@ def run_evaluation(
     episodes = read_parquet(test_episodes)
     batches = job.episodes(episodes, settings)
     episode_ids = np.unique(episodes["episode"].to_numpy(np.int64)).tolist()  # sorted, as batched
-    per_episode = evaluate_checkpoint_on(ckpt, batches, settings, episode_ids=episode_ids)
+    # The job's log gets a progress line every 30 s (at once on a terminal).
+    label = f"evaluate {dataset} {ckpt.method} seed {ckpt.seed}"
+    with progress(total=len(episode_ids), desc=label, unit="episode") as bar:
+        per_episode = evaluate_checkpoint_on(
+            ckpt, counted(batches, bar), settings, episode_ids=episode_ids
+        )
     accuracy = summarize(per_episode)
     plain = _plain_test_accuracy(ckpt, data, read_parquet(pools), job.pixels, torch_device)
     row: dict[str, Any] = {
@@ -327,7 +341,7 @@ def run_evaluation(
         "evaluation": asdict(settings),
     }
     with atomic_path(summary_json) as tmp:
-        tmp.write_text(json.dumps(summary, indent=2))
+        tmp.write_text(to_json(summary, indent=2))
     with atomic_path(summary_parquet) as tmp:
         pd.DataFrame([row]).to_parquet(tmp, index=False)
     return row

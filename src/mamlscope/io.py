@@ -21,6 +21,11 @@ missing or damaged into one :class:`UnreadableFile` that names the file (the par
 error kept as ``__cause__``): a bare ``JSONDecodeError`` or pyarrow's "magic bytes not
 found" says neither which file nor what to do. A figure that could not show its result
 carries a note beside it (:func:`write_note`, :func:`read_note`) that the report shows.
+
+Writing JSON: every JSON file the package writes goes through :func:`to_json` (or
+:func:`write_json`), which stores a NaN or infinite number as ``null``: Python's bare
+``NaN`` token is not JSON, and jq, JavaScript and ``json.loads(..., parse_constant=...)``
+reject it. A reader takes ``null`` for a number as missing (:func:`json_number`: NaN).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import ctypes
 import errno
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -233,8 +239,45 @@ def _unreadable(path: Path, what: str, exc: BaseException) -> UnreadableFile:
     )
 
 
+def finite_json(value: Any) -> Any:
+    """A copy of ``value`` (mappings, lists and tuples walked) with every NaN or infinite
+    float, numpy's included, replaced by None, and numpy scalars made plain Python."""
+    if isinstance(value, dict):
+        return {key: finite_json(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_json(item) for item in value]
+    if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
+        value = value.item()  # np.float32 and np.int64 are no JSON numbers as they are
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def to_json(value: Any, **kwargs: Any) -> str:
+    """``json.dumps(value, **kwargs)`` as strict JSON: non-finite numbers become ``null``
+    (:func:`finite_json`) and ``allow_nan=False`` guards what that cannot reach (a
+    ``default=`` hook's output)."""
+    return json.dumps(finite_json(value), allow_nan=False, **kwargs)
+
+
+def write_json(path: str | os.PathLike[str], value: Any, *, indent: int | None = 2) -> None:
+    """Write ``value`` to ``path`` atomically as strict JSON (:func:`to_json`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(to_json(value, indent=indent) + "\n", encoding="utf-8")
+
+
+def json_number(value: Any) -> float:
+    """A number read from JSON as a float: ``null`` (and an old file's bare NaN) is NaN,
+    i.e. missing, as :func:`to_json` wrote it."""
+    return math.nan if value is None else float(value)
+
+
 def read_json(path: str | os.PathLike[str]) -> Any:
-    """The JSON value in ``path``; :class:`UnreadableFile` naming it when that fails."""
+    """The JSON value in ``path``; :class:`UnreadableFile` naming it when that fails.
+
+    A number written as non-finite is ``null`` here (:func:`to_json`); files written
+    before that may hold a bare ``NaN``, which this still reads. Read numbers that may be
+    missing through :func:`json_number`."""
     path = Path(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -268,7 +311,7 @@ def write_note(artifact: str | os.PathLike[str], message: str | None) -> None:
         path.unlink(missing_ok=True)
         return
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps({"artifact": Path(artifact).name, "message": message}))
+        tmp.write_text(to_json({"artifact": Path(artifact).name, "message": message}))
 
 
 def read_note(artifact: str | os.PathLike[str]) -> str | None:

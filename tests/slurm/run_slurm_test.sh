@@ -187,12 +187,12 @@ grep -q "SLURM jobs of this run" "$WORK/log/run.log" && say "a wait message was 
 import json, sys
 from pathlib import Path
 import pandas as pd
-wf = Path(sys.argv[1])
-assert (wf / "results/runs.md").is_file()
-runs = pd.read_parquet(wf / "results/runs.parquet")
+wf = Path(sys.argv[1]) / "results/tiny"  # tiny.yaml's experiment
+assert (wf / "runs.md").is_file()
+runs = pd.read_parquet(wf / "runs.parquet")
 assert set(runs["method"]) == {"baseline", "maml"}, runs
 for method in ("baseline", "maml"):
-    run = wf / "results/digits8" / method / "seed0"
+    run = wf / "digits8" / method / "seed0"
     summary = json.loads((run / "evaluation.json").read_text())
     mean = summary.get("mean", summary.get("accuracy"))
     assert mean is None or 0 <= float(mean) <= 1, summary

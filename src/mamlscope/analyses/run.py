@@ -27,13 +27,14 @@ from mamlscope.analyses.steps import step_counts
 from mamlscope.analyses.table import classes_of, run_rows, typed
 from mamlscope.analyses.training_cka import cka_episodes, run_cka_rows, training_cka, write_table
 from mamlscope.errors import ConfigError
-from mamlscope.evaluate import EvalSettings
+from mamlscope.evaluate import EvalSettings, counted
 from mamlscope.finetune import Batch
 from mamlscope.io import atomic_path
 from mamlscope.maml import BATCHNORM_MODES
 from mamlscope.methods import Method
 from mamlscope.model_job import open_model_job
 from mamlscope.snapshots import load_snapshots
+from mamlscope.train_log import progress
 
 log = logging.getLogger("mamlscope")
 Episodes = Callable[[], Iterable[Batch]]  # a fresh pass over the same batches per call
@@ -283,10 +284,13 @@ def run_analyses(
         ckpt.require("maml.inner_steps")
         train_steps = int(ckpt.config["maml"]["inner_steps"])
     label = f"{dataset} {ckpt.method} seed {ckpt.seed}"
+    # Episodes adapted so far over every analysis (their number is not known up front):
+    # a line in the job's log every 30 s.
+    bar = progress(desc=f"analyze {label}", unit="episode")
     results = analyze_model(
         job.model,
         method,
-        lambda: job.episodes(table, settings),
+        lambda: counted(job.episodes(table, settings), bar),
         settings,
         chosen,
         episode_ids=episode_ids,
@@ -317,7 +321,7 @@ def run_analyses(
         found = analyze_snapshots(
             earlier,
             method,
-            lambda: job.episodes(part, settings),
+            lambda: counted(job.episodes(part, settings), bar),
             settings,
             chosen,
             episode_ids=np.unique(part["episode"].to_numpy(np.int64)).tolist(),
@@ -325,6 +329,7 @@ def run_analyses(
             label=label,
         )
         frames += [rows_of(f_rows, f) for f, f_rows in found]
+    bar.close()
     frame = typed(pd.concat(frames, ignore_index=True))
     with atomic_path(out) as tmp:
         frame.to_parquet(tmp, index=False)

@@ -20,7 +20,7 @@ from mamlscope.config import check_normalize
 from mamlscope.data.pools import source_ids
 from mamlscope.data.sources import RawDataset, read_source, resolve_config
 from mamlscope.errors import DataError
-from mamlscope.io import atomic_path
+from mamlscope.io import atomic_path, to_json
 
 IMAGES, INDEX, META = "images.npy", "index.parquet", "meta.json"
 COLUMNS = [
@@ -111,7 +111,7 @@ def prepare_dataset(
         images.flush()
         del images
         index.to_parquet(tmp / INDEX, index=False)
-        (tmp / META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        (tmp / META).write_text(to_json(meta, indent=2, default=str) + "\n")
     return out_dir
 
 

@@ -41,6 +41,7 @@ from mamlscope.io import atomic_path, read_parquet
 from mamlscope.maml import adapt
 from mamlscope.model_job import open_model_job
 from mamlscope.models import statistics_from_first
+from mamlscope.train_log import progress
 
 log = logging.getLogger("mamlscope")
 Acts = dict[str, torch.Tensor]
@@ -141,7 +142,9 @@ def extract_activations(
     params = {k: p.detach() for k, p in model.named_parameters()}
     adapted_names = method.adapted(model)  # what its inner loop adapts (None: every weight)
     buffers = {k: b.detach() for k, b in model.named_buffers()}
-    for episode, rows in _episode_rows(read_parquet(test_episodes), adapt_episodes):
+    chosen = _episode_rows(read_parquet(test_episodes), adapt_episodes)
+    label = f"extract {ckpt.method} seed {ckpt.seed}"  # a log line every 30 s
+    for episode, rows in progress(chosen, desc=label, unit="episode"):
         support, query = rows[~rows["is_query"]], rows[rows["is_query"]]
         support_x = batch(support["example_id"].to_numpy(np.int64))
         query_x = batch(query["example_id"].to_numpy(np.int64))

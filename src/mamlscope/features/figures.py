@@ -285,7 +285,7 @@ def plot_saliency(
             bottom.set_axis_off()
             continue
         _show(top, images[i])
-        top.set_title(f"label {labels[i]}", fontsize=8)
+        top.set_title(f"predicted {labels[i]}", fontsize=8)
         shown = bottom.imshow(scaled[i], cmap=SEQUENTIAL, vmin=0.0, vmax=1.0)
         _bare(bottom)
     assert shown is not None  # n >= 1 images, each drawn its map

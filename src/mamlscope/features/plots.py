@@ -1,4 +1,4 @@
-"""The figure jobs: the seed's figure studies of one trained model (`plot_features`), and
+"""The figure jobs: every figure study of one trained model (`plot_features`), and
 the same figure for every method side by side (`compare_methods`).
 
 The studies are the registered :class:`~mamlscope.features.studies.FigureStudy` entries
@@ -26,6 +26,7 @@ from mamlscope.methods import label as method_label
 from mamlscope.methods import ordered
 from mamlscope.model_job import ModelJob, open_model_job
 from mamlscope.models import normalised_layers
+from mamlscope.train_log import progress
 
 log = logging.getLogger("mamlscope")
 
@@ -97,7 +98,8 @@ def plot_model_features(
     context = study_context(
         job, probe=probe, activations=activations, metrics=metrics, features=features, title=title
     )
-    for figure_study in chosen:
+    # A line in the job's log every 30 s (t-SNE and maximisation take the longest).
+    for figure_study in progress(chosen, desc=f"figures {title}", unit="figure"):
         figure_study.draw(context, Path(out[figure_study.key]))
     log.info("%s: %d figures", title, len(chosen))
 
@@ -121,7 +123,7 @@ def compare_methods(
     (``pngs[method][key]``) side by side in the methods' display order
     (:func:`mamlscope.methods.ordered`), written to ``out[key]``."""
     methods = ordered(pngs)
-    for figure_study in selected_studies(out):
+    for figure_study in progress(selected_studies(out), desc=f"compare {title}", unit="figure"):
         key = figure_study.key
         figures.side_by_side(
             [pngs[m][key] for m in methods],

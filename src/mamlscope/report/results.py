@@ -34,7 +34,7 @@ import pandas as pd
 from mamlscope.data.lookup import pool_ids
 from mamlscope.errors import DataError
 from mamlscope.evaluate import summarize
-from mamlscope.io import read_json, read_parquet
+from mamlscope.io import json_number, read_json, read_parquet
 from mamlscope.methods import method as lookup_method
 from mamlscope.report.cells import accuracy_cell, over_seeds, pct, plain_cells, seed_cells
 from mamlscope.stats import seed_interval
@@ -109,7 +109,7 @@ def per_episode(path: Path) -> np.ndarray:
     found = summary.get("per_episode") if isinstance(summary, dict) else None
     bad = DataError(f"{path}: 'per_episode' is not a list of accuracies: evaluate again")
     try:
-        acc = np.asarray([math.nan if v is None else v for v in found or ()], dtype=np.float64)
+        acc = np.asarray([json_number(v) for v in found or ()], dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise bad from exc
     if not isinstance(found, list) or acc.ndim != 1 or not acc.size:
