@@ -6,7 +6,6 @@ import json
 import re
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -139,7 +138,7 @@ def test_failure_keeps_a_previous_artifact_intact(
     out = prepare_dataset("toy", cfg(tree), tmp_path / "out", show_progress=False)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     # Fail at the very last write, after images and index are already in the temporary folder.
-    monkeypatch.setattr(prepared, "json", SimpleNamespace(dumps=lambda *a, **k: 1 / 0))
+    monkeypatch.setattr(prepared, "to_json", lambda *a, **k: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         prepare_dataset("toy", cfg(tree, rotations=True), out, show_progress=False)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
