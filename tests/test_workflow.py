@@ -15,6 +15,7 @@ from workflow_tools import (
     TINY_RESULTS,
     copy_workflow,
     job_block,
+    job_blocks,
     planned_jobs,
     snakemake,
 )
@@ -33,7 +34,7 @@ def test_dry_run_of_default_config(workdir: Path):
     out = result.stdout + result.stderr
     for rule in ("prepare_dataset", "split_dataset"):
         assert rule in out
-    prepare = [b for b in out.split("\n\n") if "rule prepare_dataset:" in b]
+    prepare = [b for b in job_blocks(out) if "rule prepare_dataset:" in b]
     assert prepare and all("download=1" in b for b in prepare)  # one download at a time
 
 
@@ -92,7 +93,7 @@ def test_data_rules_run_on_default_config(workdir: Path):
 def test_slurm_profile_asks_a_gpu_for_training(workdir: Path):
     result = snakemake("-n", "--profile", "profiles/slurm", cwd=workdir)
     assert result.returncode == 0, result.stdout[-3000:]
-    blocks = result.stdout.split("\n\n")
+    blocks = job_blocks(result.stdout)
     train = [b for b in blocks if "rule train:" in b or "localrule train:" in b]
     prepare = [b for b in blocks if "rule prepare_dataset:" in b]
     assert train and all("gpu=1" in b for b in train)

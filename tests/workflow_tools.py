@@ -44,10 +44,16 @@ def copy_workflow(dest: Path) -> Path:
     return dest
 
 
+def job_blocks(output: str) -> list[str]:
+    """A ``snakemake -n`` output cut before each job's ``[date]`` line: one block per job
+    (blank lines do not separate them once "Shell command: None" lines are filtered out)."""
+    return re.split(r"\n(?=\[\w{3} \w{3} +\d+ [\d:]+ \d{4}\]\n)", output)
+
+
 def planned_jobs(output: str) -> list[tuple[str, str]]:
     """(rule, method or '') of every job a ``snakemake -n`` output lists, but ``all``."""
     jobs = []
-    for block in output.split("\n\n"):
+    for block in job_blocks(output):
         rule = re.search(r"^(?:local)?rule (\w+):", block, re.MULTILINE)
         if not rule or rule.group(1) == "all":
             continue
@@ -59,7 +65,7 @@ def planned_jobs(output: str) -> list[tuple[str, str]]:
 def planned_wildcards(output: str) -> list[tuple[str, str]]:
     """(rule, its wildcards line) of every job a ``snakemake -n`` output lists, but ``all``."""
     found = []
-    for block in output.split("\n\n"):
+    for block in job_blocks(output):
         rule = re.search(r"^(?:local)?rule (\w+):", block, re.MULTILINE)
         if rule and rule.group(1) != "all":
             wildcards = re.search(r"^\s+wildcards: (.*)$", block, re.MULTILINE)
@@ -69,4 +75,4 @@ def planned_wildcards(output: str) -> list[tuple[str, str]]:
 
 def job_block(output: str, rule: str) -> str:
     """The first job block of ``rule`` in a ``snakemake -n`` output."""
-    return next(b for b in output.split("\n\n") if re.search(rf"rule {rule}:", b))
+    return next(b for b in job_blocks(output) if re.search(rf"rule {rule}:", b))
