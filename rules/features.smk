@@ -1,5 +1,5 @@
 # Feature studies: a probe set per dataset and seed, every layer's activations of every
-# trained model, the seed's figures per model and side by side, CKA.
+# trained model, the original project's figures per model and side by side, CKA.
 
 import os
 

@@ -1,4 +1,4 @@
-"""Rule plot_features: the seed's figure studies of one trained model."""
+"""Rule plot_features: the original project's figure studies of one trained model."""
 
 from mamlscope.features.plots import plot_model_features
 from mamlscope.features.studies import study_keys

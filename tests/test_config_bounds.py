@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
+from config_tools import refused
 from workflow_tools import copy_workflow, snakemake
 
 from mamlscope.config import validate_config
@@ -36,12 +37,6 @@ def tiny(**changes: Any) -> dict[str, Any]:
             node = node.setdefault(key, {})
         node[last] = value
     return cfg
-
-
-def refused(cfg: dict[str, Any]) -> str:
-    with pytest.raises(ConfigError) as info:
-        validate_config(cfg, check_paths=False)
-    return str(info.value)
 
 
 # --- NaN and infinity -------------------------------------------------------------------------

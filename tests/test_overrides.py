@@ -4,19 +4,18 @@ them as the schema says, and a string that is no such value still gets one clear
 from __future__ import annotations
 
 import copy
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from config_tools import refused
+from workflow_tools import TINY_CONFIG, copy_workflow, snakemake
 
 from mamlscope.config import validate_config
 from mamlscope.config_checks import typed_string
-from mamlscope.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = yaml.safe_load((REPO / "tests" / "tiny.yaml").read_text())
@@ -28,12 +27,6 @@ def tiny(**sections: Any) -> dict[str, Any]:
     for name, values in sections.items():
         cfg[name] = {**cfg.get(name, {}), **values} if isinstance(values, dict) else values
     return cfg
-
-
-def error_of(cfg: dict[str, Any]) -> str:
-    with pytest.raises(ConfigError) as caught:
-        validate_config(cfg, check_paths=False)
-    return str(caught.value)
 
 
 @pytest.mark.parametrize(
@@ -100,10 +93,10 @@ def test_a_null_override_and_a_model_options_override_are_typed():
 
 def test_a_wrong_type_is_one_line_naming_the_key():
     """Inherited by every dataset, the bad top-level key is still named once."""
-    message = error_of(tiny(maml={"meta_steps": "many"}))
+    message = refused(tiny(maml={"meta_steps": "many"}))
     assert message == "invalid config:\n  maml.meta_steps: 'many' is not of type 'integer'"
     # 50.0 would pass the schema's own integer check but break `range()`: kept as text
-    assert "maml.meta_steps: '50.0' is not of type 'integer'" in error_of(
+    assert "maml.meta_steps: '50.0' is not of type 'integer'" in refused(
         tiny(maml={"meta_steps": "50.0"})
     )
 
@@ -111,13 +104,13 @@ def test_a_wrong_type_is_one_line_naming_the_key():
 def test_a_dataset_own_bad_value_is_named_at_the_dataset():
     cfg = tiny()
     cfg["datasets"]["digits8"]["maml"] = {"meta_steps": "lots"}
-    message = error_of(cfg)
+    message = refused(cfg)
     assert "datasets.digits8.maml.meta_steps: 'lots' is not of type 'integer'" in message
     assert "\n  maml.meta_steps" not in message
 
 
 def test_a_non_finite_override_is_refused_at_its_key():
-    message = error_of(tiny(maml={"inner_lr": ".nan"}))
+    message = refused(tiny(maml={"inner_lr": ".nan"}))
     assert message == "maml.inner_lr: must be a finite number, got nan"
 
 
@@ -127,21 +120,13 @@ def test_a_non_finite_override_is_refused_at_its_key():
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     """The workflow files and tests/tiny.yaml in a fresh folder (results land there)."""
-    for name in ("Snakefile", "config.yaml"):
-        shutil.copy(REPO / name, tmp_path / name)
-    for name in ("rules", "scripts", "config", "envs", "profiles", "report"):
-        if (REPO / name).exists():
-            shutil.copytree(REPO / name, tmp_path / name)
-    shutil.copy(REPO / "tests" / "tiny.yaml", tmp_path / "tiny.yaml")
+    copy_workflow(tmp_path)
+    shutil.copy(TINY_CONFIG, tmp_path / "tiny.yaml")
     return tmp_path
 
 
 def dry_run(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "snakemake", "-n", "--cores", "1", *args]
-    return subprocess.run(
-        command, cwd=workdir, env=env, capture_output=True, text=True, timeout=600
-    )
+    return snakemake("-n", "--cores", "1", *args, cwd=workdir, env={"OMP_NUM_THREADS": "1"})
 
 
 @pytest.mark.workflow

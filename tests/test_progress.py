@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from job_tools import train_job
+from job_tools import evaluate_job, extract_job, train_job
 from tqdm import tqdm
 
 from mamlscope.analyses.run import run_analyses
 from mamlscope.config import evaluate_section
-from mamlscope.evaluate import EvalSettings, counted, run_evaluation
-from mamlscope.features.extract import extract_activations, write_probe
+from mamlscope.evaluate import EvalSettings, counted
+from mamlscope.features.extract import write_probe
 from mamlscope.features.plots import plot_model_features
 from mamlscope.logs import logged
 
@@ -62,57 +62,34 @@ def final_line(log: Path, desc: str) -> str:
 def test_evaluation_logs_its_progress(trained, tiny_digits, tmp_path):
     log = tmp_path / "evaluate.log"
     with logged(log):
-        run_evaluation(
-            checkpoint=trained["folder"] / "model.pt",
-            **trained["files"],
-            pools=tiny_digits["pools"],
-            test_episodes=tiny_digits["test_episodes"],
-            settings=trained["settings"],
-            dataset="digits8",
-            device="cpu",
-            summary_json=tmp_path / "evaluation.json",
-            summary_parquet=tmp_path / "evaluation.parquet",
-        )
+        evaluate_job(tiny_digits, trained["folder"], trained["settings"], out=tmp_path)
     episodes = tiny_digits["cfg"]["episodes"]["test_episodes"]
     assert "100%" in final_line(log, "evaluate digits8 maml seed 0")
     assert f"{episodes}/{episodes}" in final_line(log, "evaluate digits8 maml seed 0")
 
 
-def test_extraction_logs_its_progress(trained, tiny_digits, tmp_path):
-    log = tmp_path / "extract.log"
+@pytest.fixture(scope="module")
+def extraction(trained, tiny_digits, tmp_path_factory) -> dict[str, Path]:
+    """Activations of the trained run on its probe (3 adapted episodes), and the job's log."""
+    folder = tmp_path_factory.mktemp("extraction")
+    log, out = folder / "extract.log", folder / "activations.parquet"
     with logged(log):
-        extract_activations(
-            checkpoint=trained["folder"] / "model.pt",
-            **trained["files"],
-            probe=trained["probe"],
-            test_episodes=tiny_digits["test_episodes"],
-            settings=trained["settings"],
-            adapt_episodes=3,
-            device="cpu",
-            out=tmp_path / "activations.parquet",
-        )
-    assert "3/3" in final_line(log, "extract maml seed 0")
+        extract_job(tiny_digits, trained["folder"], trained["settings"], trained["probe"], out, 3)
+    return {"log": log, "activations": out}
 
 
-def test_figure_job_logs_its_progress(trained, tiny_digits, tmp_path):
-    with logged(tmp_path / "extract.log"):
-        extract_activations(
-            checkpoint=trained["folder"] / "model.pt",
-            **trained["files"],
-            probe=trained["probe"],
-            test_episodes=tiny_digits["test_episodes"],
-            settings=trained["settings"],
-            adapt_episodes=1,
-            device="cpu",
-            out=tmp_path / "activations.parquet",
-        )
+def test_extraction_logs_its_progress(extraction):
+    assert "3/3" in final_line(extraction["log"], "extract maml seed 0")
+
+
+def test_figure_job_logs_its_progress(trained, extraction, tmp_path):
     log = tmp_path / "plot.log"
     with logged(log):
         plot_model_features(
             checkpoint=trained["folder"] / "model.pt",
             **trained["files"],
             probe=trained["probe"],
-            activations=tmp_path / "activations.parquet",
+            activations=extraction["activations"],
             metrics=trained["folder"] / "metrics.parquet",
             features={"neurons": None},  # all that the curves study reads
             title="digits8 maml",

@@ -121,8 +121,8 @@ def test_accuracy_table_has_batchnorm_and_the_reference_beside_the_baseline(tree
     assert list(table.index) == list(METHODS)
     assert table.loc["baseline", "BatchNorm at test"] == "running"
     assert table.loc["maml", "BatchNorm at test"] == "transductive"
-    assert table.loc["baseline", "seed's reference"].startswith("96.71%")
-    assert table.loc["maml", "seed's reference"] == ""
+    assert table.loc["baseline", "original reference"].startswith("96.71%")
+    assert table.loc["maml", "original reference"] == ""
     assert table.loc["baseline", "plain test accuracy"].startswith("93.70%")
     assert table.loc["maml", "seeds x episodes"] == "2 x 200"
     means = pooled_accuracy(tree).set_index("method").loc["maml"]
@@ -143,7 +143,7 @@ def test_reference_does_not_apply_to_other_datasets(tmp_path: Path):
     config = make_config(source="digits")
     results = load_results(write_tree(tmp_path / "r", config), config)
     assert "does not apply" in reference_note(results)
-    assert (accuracy_table(results)["seed's reference"] == "").all()
+    assert (accuracy_table(results)["original reference"] == "").all()
 
 
 def test_experiment_tables_come_from_the_config(tree):

@@ -77,37 +77,12 @@ def test_readers_take_null_as_missing(tmp_path: Path):
 
 def test_a_maml_evaluation_json_holds_no_nan(tiny_digits, tmp_path: Path, one_thread):
     """MAML reports no plain test accuracy: its evaluation.json says `null` for it."""
-    from mamlscope.evaluate import EvalSettings, run_evaluation
-    from mamlscope.train import run_training
+    from job_tools import evaluate_job, train_job
 
-    tiny = tiny_digits
-    run_training(
-        images=tiny["images"],
-        index=tiny["index"],
-        meta=tiny["meta"],
-        pools=tiny["pools"],
-        config=tiny["cfg"],
-        method="maml",
-        seed=0,
-        device="cpu",
-        checkpoint=tmp_path / "model.pt",
-        metrics=tmp_path / "metrics.parquet",
-        val_episodes=tiny["val_episodes"],
-        progress=False,
-    )
-    row = run_evaluation(
-        checkpoint=tmp_path / "model.pt",
-        images=tiny["images"],
-        index=tiny["index"],
-        meta=tiny["meta"],
-        pools=tiny["pools"],
-        test_episodes=tiny["test_episodes"],
-        settings=EvalSettings.from_config(tiny["cfg"], "maml"),
-        dataset="digits8",
-        device="cpu",
-        summary_json=tmp_path / "evaluation.json",
-        summary_parquet=tmp_path / "evaluation.parquet",
-    )
+    from mamlscope.evaluate import EvalSettings
+
+    train_job(tiny_digits, tiny_digits["cfg"], "maml", tmp_path)
+    row = evaluate_job(tiny_digits, tmp_path, EvalSettings.from_config(tiny_digits["cfg"], "maml"))
     assert math.isnan(row["test_accuracy"])  # the row itself keeps NaN (a Parquet null-able)
     summary = strict((tmp_path / "evaluation.json").read_text())
     assert summary["test_accuracy"] is None

@@ -345,7 +345,7 @@ def run_training(
     """Train one method on one dataset and seed; write the checkpoint and metrics.
 
     ``images``, ``index``, ``meta``: the prepared dataset's files; ``pools`` and
-    ``val_episodes`` (MAML only): the seed's split. ``config``: what training reads,
+    ``val_episodes`` (MAML only): the run's validation episodes. ``config``: what training reads,
     `config.train_section` (a whole dataset config works too). The checkpoint records
     ``saved_config`` (default ``config``): the workflow passes the whole resolved dataset
     config, so that a standalone checkpoint knows its data and evaluation settings.

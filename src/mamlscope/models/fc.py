@@ -1,4 +1,4 @@
-"""``fc``: the seed's fully connected network (hidden layers, each with BatchNorm and ReLU)."""
+"""``fc``: the original project's fully connected net (hidden layers with BatchNorm and ReLU)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,9 @@ def build(
 MODEL = ModelEntry(
     name="fc",
     build=build,
-    description="the seed's fully connected net: hidden layers, each with BatchNorm and ReLU",
+    description=(
+        "the original project's fully connected net: hidden layers, each with BatchNorm and ReLU"
+    ),
     first_layer="fc1",
     tiny={"hidden": [16, 8]},
 )

@@ -39,9 +39,9 @@ from mamlscope.methods import method as lookup_method
 from mamlscope.report.cells import accuracy_cell, over_seeds, pct, plain_cells, seed_cells
 from mamlscope.stats import seed_interval
 
-# The seed project's reference point for standard training (its README): plain test accuracy
-# on full MNIST, with its `baseline` section's settings. A fact about the seed, quoted beside
-# the methods that report plain test accuracy, not a result of this run.
+# The original project's reference point for standard training (its README): plain test
+# accuracy on full MNIST, with its `baseline` section's settings. A fact about the original
+# project, quoted beside the methods that report plain test accuracy, not a result of this run.
 REFERENCE: dict[str, Any] = {
     "accuracy": 0.9671,
     "dataset": "full MNIST",
@@ -226,8 +226,8 @@ def accuracy_table(results: Results) -> pd.DataFrame:
     """The accuracy table for display: dataset by method, mean and 95% interval.
 
     The rows of methods that report plain test accuracy (`Method.plain_accuracy`) also carry
-    it and the seed's reference point (:data:`REFERENCE`, on full MNIST) where the dataset
-    is MNIST.
+    it and the original project's reference point (:data:`REFERENCE`, on full MNIST) where the
+    dataset is MNIST.
     """
     pooled = pooled_accuracy(results)
     sources = {d: results.config["datasets"][d]["source"] for d in results.datasets}
@@ -260,7 +260,7 @@ def accuracy_table(results: Results) -> pd.DataFrame:
                 "" if not np.isfinite(p) else f"{pct(p)} ({plain_cells(ps, 1)})"
                 for p, ps in zip(pooled["plain"], pooled["plain_seeds"], strict=True)
             ],
-            "seed's reference": [
+            "original reference": [
                 f"{pct(REFERENCE['accuracy'])} ({REFERENCE['dataset']})"
                 if lookup_method(m).plain_accuracy and sources[d] in MNIST_SOURCES
                 else ""
@@ -272,22 +272,22 @@ def accuracy_table(results: Results) -> pd.DataFrame:
 
 
 def reference_note(results: Results) -> str:
-    """Why the plain accuracy of standard training differs from the seed's reference
+    """Why the plain accuracy of standard training differs from the original project's reference
     (Markdown), for the first method of the run that reports plain test accuracy.
 
     Compares the number of training images, the Adam steps they make and any key of its
-    training section that differs from the seed's setting.
+    training section that differs from the original project's setting.
     """
     plain = [m for m in results.methods if lookup_method(m).plain_accuracy]
     if not plain:
         return (
-            "No method that reports plain test accuracy was run, so the seed's reference "
-            "point is not compared."
+            "No method that reports plain test accuracy was run, so the original project's "
+            "reference point is not compared."
         )
     method = plain[0]
     ref = REFERENCE
     lines = [
-        f"The seed's reference point is {pct(ref['accuracy'])} plain test accuracy on "
+        f"The original project's reference point is {pct(ref['accuracy'])} plain test accuracy on "
         f"{ref['dataset']} ({ref['train_images']:,} training images) with {ref['description']}."
     ]
     pooled = pooled_accuracy(results).set_index(["dataset", "method"])
