@@ -45,15 +45,64 @@ _allocator_tuned: bool | None = None  # None: not tried yet; False: not glibc
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """`auto` is CUDA when present, else CPU; anything else is taken as a torch device."""
+    """`auto` is CUDA when present, else CPU; anything else is taken as a torch device.
+
+    A bare `cuda` (from `auto` or written so) on a machine with several GPUs becomes the
+    first GPU no other job of this user holds (:func:`claim_gpu`), so that `snakemake
+    --resources gpu=N` runs N GPU jobs on N different GPUs. `cuda:K` is taken as written.
+    """
     import torch
 
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device: '{name}' asked for, but CUDA is not available here")
+    if device.type == "cuda" and device.index is None and torch.cuda.device_count() > 1:
+        return torch.device("cuda", claim_gpu(torch.cuda.device_count()))
     return device
+
+
+# Locks this process holds on the GPUs it claimed: kept open until the process exits, when
+# the kernel releases them (a killed job frees its GPU too).
+_held_locks: list[int] = []
+
+
+def gpu_lock_dir() -> Path:
+    """Where the GPU locks live: per user and machine, in the system's temporary folder."""
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / f"mamlscope-gpu-locks-{os.getuid()}"
+
+
+def claim_gpu(count: int, lock_dir: Path | None = None) -> int:
+    """The index of the first of ``count`` GPUs that no other live process has claimed,
+    held (an exclusive `flock` on its lock file) until this process exits.
+
+    Snakemake counts `gpu` resources but does not say which GPU a job should use; with
+    `--resources gpu=N` at most N GPU jobs run at once, so one of the N is always free.
+    Where every GPU is held (more jobs than `gpu=N` allows, or other users' jobs), the
+    job shares the first one and says so on stderr.
+    """
+    import fcntl
+
+    folder = gpu_lock_dir() if lock_dir is None else lock_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        fd = os.open(folder / f"cuda{index}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        _held_locks.append(fd)
+        return index
+    print(
+        f"mamlscope: all {count} GPUs are held by other jobs ({folder}); sharing cuda:0 "
+        "(run with --resources gpu=N, N at most the number of GPUs)",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def seed_everything(seed: int) -> None:
