@@ -6,6 +6,7 @@ import posixpath
 import sys
 from pathlib import Path
 
+import yaml
 from snakemake.sourcecache import LocalSourceFile
 
 # This workflow's own folder (the parent of rules/), wherever it is included from: as the
@@ -36,22 +37,25 @@ from mamlscope.data.prepared import IMAGES, INDEX, META
 from mamlscope.data.splits import POOLS_FILE, TEST_EPISODES, VAL_EPISODES
 
 
-def default_experiment():
-    """The experiment's name when the config does not give one: the stem of the last
-    config file (`--configfile config/omniglot.yaml`: omniglot), `default` for the
-    workflow's own config.yaml or when no file was read (a module given a config dict)."""
-    if not workflow.configfiles:
-        return "default"
-    last = Path(workflow.configfiles[-1]).resolve()
-    if WORKFLOW_ROOT is not None and last == (WORKFLOW_ROOT / "config.yaml").resolve():
-        return "default"
-    return last.stem
+def experiment_name():
+    """Where the outputs go: `--config experiment=NAME` first; else the last config file's
+    `experiment` key, or its stem where it has none (`--configfile config.yaml extra.yaml`:
+    extra, so a variant lives beside the default); `default` for the workflow's own
+    config.yaml, or the config's key when no file was read (a module given a config dict)."""
+    if "experiment" in (workflow.config_settings.config or {}):
+        return config["experiment"]
+    if workflow.configfiles:
+        last = Path(workflow.configfiles[-1])
+        if WORKFLOW_ROOT is None or last.resolve() != (WORKFLOW_ROOT / "config.yaml").resolve():
+            named = (yaml.safe_load(last.read_text()) or {}) if last.is_file() else {}
+            return named.get("experiment", last.stem) if isinstance(named, dict) else last.stem
+    return config.get("experiment", "default")
 
 
 # Validate before any job runs; defaults are filled in place so rules see them.
 mamlscope.cluster.hide_empty_shell_commands()  # script rules have no shell command
 mamlscope.cluster.parse_flags(config)  # the profile's `config: [cluster_gpu=true]` is text
-config.setdefault("experiment", default_experiment())
+config["experiment"] = experiment_name()
 config.update(msc.validate_config(config))
 
 # Every output of the experiment lands under OUT, so experiments live side by side: a

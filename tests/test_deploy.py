@@ -76,6 +76,32 @@ def test_the_experiment_defaults_to_the_config_files_stem(tmp_path: Path):
     assert not (folder / "results").exists()
 
 
+def test_a_file_of_a_few_keys_after_config_yaml_is_its_own_experiment(tmp_path: Path):
+    """`--configfile config.yaml extra.yaml`: results/extra/, the default's results left
+    alone; a key `experiment` in extra.yaml or `--config experiment=NAME` names it instead."""
+    folder = copy_workflow(tmp_path)
+    (folder / "extra.yaml").write_text("maml:\n  meta_steps: 50\n")
+    (folder / "named.yaml").write_text("experiment: fifty\nmaml:\n  meta_steps: 50\n")
+    until = ("-n", "--cores", "1", "--until", "prepare_dataset")
+    cases = {
+        "results/extra/": ("--configfile", "config.yaml", "extra.yaml"),
+        "results/fifty/": ("--configfile", "config.yaml", "named.yaml"),
+        "results/mine/": (
+            "--configfile",
+            "config.yaml",
+            "extra.yaml",
+            "--config",
+            "experiment=mine",
+        ),
+        "results/default/": (),
+    }
+    for prefix, args in cases.items():
+        result = snakemake(*until, *args, cwd=folder)
+        assert result.returncode == 0, result.stdout + result.stderr
+        outputs = [line for line in result.stdout.splitlines() if "output: results/" in line]
+        assert outputs and all(f"output: {prefix}" in line for line in outputs), (prefix, outputs)
+
+
 def test_the_workflow_runs_as_a_module_of_another(tmp_path: Path):
     """`module ... use rule * from`: the files the workflow reads from its own tree (report
     template, theme, captions, scripts, envs) are found beside its Snakefile, not beside
